@@ -1,0 +1,33 @@
+"""The toolkit's one exception family.
+
+Caffe aborts the process on a failed CHECK; here every such failure is a
+Python exception whose message names the file, line, layer or blob to fix.
+"""
+
+
+class CaffeError(Exception):
+    """Base class of every error this toolkit raises on purpose."""
+
+
+class ProtoError(CaffeError):
+    """A prototxt or binary proto file (net, solver, weights) cannot be read or written."""
+
+
+class NetSpecError(CaffeError):
+    """A NetSpec description is wrong: unknown keyword or type, clashing tops."""
+
+
+class LayerError(CaffeError):
+    """A layer cannot be set up or run: wrong bottom/top counts, shapes, parameters."""
+
+
+class NetError(CaffeError):
+    """A net cannot be built: missing bottoms, bad sharing, mismatched weights."""
+
+
+class DataError(CaffeError):
+    """A data source is missing, empty or holds records that disagree."""
+
+
+class SolverError(CaffeError):
+    """A solver cannot be built or run: bad settings, unwritable snapshots, NaN loss."""

@@ -1,0 +1,1 @@
+"""The back end: Blob, Net, Caffe's layers, fillers, solvers, data sources."""

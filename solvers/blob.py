@@ -1,0 +1,142 @@
+"""Blob: Caffe's N-d float32 array pair (``data`` and ``diff``)."""
+from netspec.errors import CaffeError
+from solvers.backend import default_xp, to_numpy
+
+MAX_AXES = 32
+
+
+class Blob:
+    """Holds ``data`` and ``diff`` of one shape, both float32.
+
+    ``reshape`` keeps the buffers when the new shape fits in what is already
+    allocated (as Caffe does), so a net reshaped to a smaller batch allocates
+    nothing. Two blobs may share one buffer (``share_data``/``share_diff``):
+    that is how in-place reshapes and shared parameters work.
+    """
+
+    def __init__(self, shape=(), xp=None):
+        self.xp = xp if xp is not None else default_xp()
+        self._shape = ()
+        self._data_buf = self.xp.zeros(0, dtype=self.xp.float32)
+        self._diff_buf = self.xp.zeros(0, dtype=self.xp.float32)
+        self.data = None
+        self.diff = None
+        self.reshape(shape)
+
+    # -- shape ---------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and not isinstance(shape[0], (int,)) and hasattr(shape[0], "__len__"):
+            shape = shape[0]
+        shape = tuple(int(s) for s in shape)
+        if len(shape) > MAX_AXES:
+            raise CaffeError("blob shape %s has more than %d axes" % (shape, MAX_AXES))
+        if any(s < 0 for s in shape):
+            raise CaffeError("blob shape %s has a negative dimension" % (shape,))
+        count = 1
+        for s in shape:
+            count *= s
+        if count > self._data_buf.size:
+            self._data_buf = self.xp.zeros(count, dtype=self.xp.float32)
+            self._diff_buf = self.xp.zeros(count, dtype=self.xp.float32)
+        self._shape = shape
+        self.data = self._data_buf[:count].reshape(shape)
+        self.diff = self._diff_buf[:count].reshape(shape)
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return int(self.data.size)
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def canonical_axis(self, axis):
+        """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+        n = len(self._shape)
+        if not -n <= axis < max(n, 1):
+            raise CaffeError("axis %d out of range for a %d-axis blob of shape %s" % (axis, n, self._shape))
+        return axis + n if axis < 0 else axis
+
+    def count_range(self, start, end=None):
+        """Product of the dimensions in [start, end)."""
+        end = len(self._shape) if end is None else end
+        c = 1
+        for s in self._shape[start:end]:
+            c *= s
+        return c
+
+    def _legacy(self, index):
+        if len(self._shape) > 4:
+            raise CaffeError("num/channels/height/width need a blob of at most 4 axes, got shape %s"
+                             % (self._shape,))
+        return self._shape[index] if index < len(self._shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def shape_string(self):
+        return " ".join(str(s) for s in self._shape) + " (%d)" % self.count
+
+    # -- sharing -------------------------------------------------------
+    def share_data(self, other):
+        """Make this blob's data the same memory as ``other``'s (counts must agree)."""
+        if other.count != self.count:
+            raise CaffeError("share_data: counts differ (%s vs %s)" % (self._shape, other.shape))
+        self._data_buf = other._data_buf
+        self.data = other.data.reshape(self._shape)
+
+    def share_diff(self, other):
+        if other.count != self.count:
+            raise CaffeError("share_diff: counts differ (%s vs %s)" % (self._shape, other.shape))
+        self._diff_buf = other._diff_buf
+        self.diff = other.diff.reshape(self._shape)
+
+    # -- proto ---------------------------------------------------------
+    def from_proto(self, proto, reshape=True, name="blob"):
+        """Load a BlobProto (``shape`` or the legacy num/channels/height/width)."""
+        import numpy as np
+        if proto.HasField("shape"):
+            shape = tuple(proto.shape.dim)
+        elif proto.HasField("num") or proto.HasField("channels") or proto.HasField("height") \
+                or proto.HasField("width"):
+            shape = (proto.num, proto.channels, proto.height, proto.width)
+        else:
+            shape = (len(proto.data) or len(proto.double_data),)
+        if reshape:
+            self.reshape(shape)
+        elif self.count != int(np.prod(shape, dtype=np.int64)) or (
+                len(shape) == len(self._shape) and tuple(shape) != self._shape and len(shape) != 4):
+            raise CaffeError("%s: shape mismatch, blob is %s but proto holds %s" % (name, self._shape, shape))
+        if len(proto.double_data):
+            vals = np.asarray(proto.double_data, dtype=np.float64)
+        else:
+            vals = np.asarray(proto.data, dtype=np.float32)
+        if vals.size != self.count:
+            raise CaffeError("%s: proto holds %d values for shape %s (%d expected)"
+                             % (name, vals.size, shape, self.count))
+        self.data[...] = self.xp.asarray(vals.reshape(self._shape).astype(np.float32))
+        if len(proto.double_diff):
+            self.diff[...] = self.xp.asarray(np.asarray(proto.double_diff, dtype=np.float32).reshape(self._shape))
+        elif len(proto.diff):
+            self.diff[...] = self.xp.asarray(np.asarray(proto.diff, dtype=np.float32).reshape(self._shape))
+
+    def to_proto(self, write_diff=False):
+        from netspec import caffe_pb2
+        proto = caffe_pb2.BlobProto()
+        proto.shape.dim.extend(self._shape)
+        proto.data.extend(to_numpy(self.data).ravel().tolist())
+        if write_diff:
+            proto.diff.extend(to_numpy(self.diff).ravel().tolist())
+        return proto
+
+    def __repr__(self):
+        return "<Blob shape=%s dtype=float32>" % (self._shape,)
