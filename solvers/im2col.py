@@ -1,0 +1,118 @@
+"""im2col / col2im: turn convolution into one matrix product.
+
+Caffe unrolls every kernel-sized patch of an image into a column, so that a
+convolution is ``weights (M, C*K) @ columns (C*K, P)``. Here the columns of
+the whole batch sit side by side: ``im2col`` returns a matrix of shape
+``(C * prod(kernel), N * prod(out_spatial))`` whose row index is Caffe's
+``(c, k_0, k_1, ...)`` and whose column index is ``(n, o_0, o_1, ...)``. One
+matmul then convolves the batch. Any number of spatial axes works (Caffe's
+N-d convolution); 2-D is the common case.
+
+The patches are read through a strided view of the (zero-padded) input, so
+the only copy is the one into the column matrix. ``col2im`` is the adjoint:
+it adds each column entry back to the pixel it came from, one strided add
+per kernel offset.
+"""
+import itertools
+
+from solvers.backend import get_array_module
+
+
+def conv_out_size(size, kernel, pad, stride, dilation):
+    """Output length along one axis, as Caffe's conv_layer computes it (floor)."""
+    extent = dilation * (kernel - 1) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def out_shape(spatial, kernel, pad, stride, dilation):
+    return tuple(conv_out_size(s, k, p, st, d)
+                 for s, k, p, st, d in zip(spatial, kernel, pad, stride, dilation))
+
+
+def pad_input(x, pad, out=None):
+    """Zero-pad the spatial axes (all but the first two) of ``x``.
+
+    ``out`` may be a buffer of the padded shape kept from an earlier call:
+    its border is zero already (only the interior is ever written), so only
+    the interior is copied.
+    """
+    if not any(pad):
+        return x
+    xp = get_array_module(x)
+    shape = x.shape[:2] + tuple(s + 2 * p for s, p in zip(x.shape[2:], pad))
+    if out is None or out.shape != shape:
+        out = xp.zeros(shape, dtype=x.dtype)
+    inner = (slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, x.shape[2:]))
+    out[inner] = x
+    return out
+
+
+def _patch_view(xpad, kernel, stride, dilation, out_spatial):
+    """Strided view of shape (N, C, *kernel, *out_spatial) into the padded input."""
+    xp = get_array_module(xpad)
+    s = xpad.strides
+    sp = s[2:]
+    shape = xpad.shape[:2] + tuple(kernel) + tuple(out_spatial)
+    strides = s[:2] + tuple(d * t for d, t in zip(dilation, sp)) + tuple(st * t for st, t in zip(stride, sp))
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides, writeable=False)
+
+
+def im2col(x, kernel, pad, stride, dilation, out=None):
+    """Columns of a batch ``x`` (N, C, *spatial): a (C*prod(kernel), N*prod(out)) matrix.
+
+    ``out`` is an optional buffer kept across calls. A layer that wants to
+    keep the padded input too calls ``pad_input`` itself and passes pad 0.
+    """
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    nd = len(kernel)
+    osp = out_shape(x.shape[2:], kernel, pad, stride, dilation)
+    view = _patch_view(pad_input(x, pad), kernel, stride, dilation, osp)
+    # (N, C, K..., O...) -> (C, K..., N, O...)
+    order = (1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd))
+    rows = c
+    for k in kernel:
+        rows *= k
+    cols = n
+    for o in osp:
+        cols *= o
+    if out is None or out.shape != (rows, cols):
+        out = xp.empty((rows, cols), dtype=x.dtype)
+    out.reshape((c,) + tuple(kernel) + (n,) + osp)[...] = view.transpose(order)
+    return out
+
+
+def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, pad_buffer=None):
+    """Adjoint of ``im2col``: sum the column matrix back into an (N, C, *spatial) array.
+
+    Overlapping patches add up. Entries that came from the zero padding are
+    dropped. Writes (overwrites) ``out`` when given; ``pad_buffer`` is an
+    optional scratch array of the padded shape.
+    """
+    xp = get_array_module(col)
+    n, c = x_shape[:2]
+    spatial = tuple(x_shape[2:])
+    osp = out_shape(spatial, kernel, pad, stride, dilation)
+    padded_shape = (n, c) + tuple(s + 2 * p for s, p in zip(spatial, pad))
+    if any(pad):
+        if pad_buffer is None or pad_buffer.shape != padded_shape:
+            pad_buffer = xp.empty(padded_shape, dtype=col.dtype)
+        acc = pad_buffer
+    else:
+        if out is None or out.shape != tuple(x_shape):
+            out = xp.empty(tuple(x_shape), dtype=col.dtype)
+        acc = out
+    acc[...] = 0
+    blocks = col.reshape((c,) + tuple(kernel) + (n,) + osp)
+    for offs in itertools.product(*[range(k) for k in kernel]):
+        target = (slice(None), slice(None)) + tuple(
+            slice(o * d, o * d + st * (m - 1) + 1, st)
+            for o, d, st, m in zip(offs, dilation, stride, osp))
+        # blocks[:, offs] is (C, N, O...); the target slice is (N, C, O...).
+        acc[target] += xp.swapaxes(blocks[(slice(None),) + offs], 0, 1)
+    if not any(pad):
+        return acc
+    if out is None or out.shape != tuple(x_shape):
+        out = xp.empty(tuple(x_shape), dtype=col.dtype)
+    out[...] = acc[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, spatial))]
+    return out
