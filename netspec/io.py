@@ -1,0 +1,442 @@
+"""Reading and writing Caffe's protobuf files, text and binary.
+
+Caffe keeps nets and solvers as text (``.prototxt``) and weights, means and
+solver snapshots as binary protobuf (``.caffemodel``, ``.binaryproto``,
+``.solverstate``). This module is the one door to those files, so that every
+failure becomes a ``ProtoError`` a person can act on (file, line, column,
+what was expected, what the file seems to hold) and every write is atomic
+(a crash never leaves half a snapshot nor destroys the previous one).
+"""
+
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from netspec import caffe_pb2
+from netspec.errors import ProtoError
+
+__all__ = [
+    "read_text", "parse_text", "write_text", "read_binary", "write_binary",
+    "read_net", "read_solver", "read_blob_proto", "blobproto_to_array",
+    "array_to_blobproto", "atomic_write_bytes", "guess_binary_type",
+]
+
+# Messages Caffe stores in binary files, tried in this order when guessing
+# what a file holds.
+BINARY_CANDIDATES = (
+    caffe_pb2.NetParameter,
+    caffe_pb2.SolverState,
+    caffe_pb2.BlobProto,
+    caffe_pb2.BlobProtoVector,
+    caffe_pb2.Datum,
+    caffe_pb2.SolverParameter,
+)
+
+_TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".pt"}
+_BINARY_SUFFIXES = {".caffemodel", ".binaryproto", ".solverstate", ".pb"}
+
+
+# ---------------------------------------------------------------- files
+
+def _describe_path(path):
+    """'as written' / 'as resolved' / cwd: what a user needs to find a file."""
+    written = os.fspath(path)
+    resolved = Path(written).expanduser().resolve()
+    return (f"path as written: {written!r}; resolved: {str(resolved)!r}; "
+            f"working directory: {os.getcwd()!r}")
+
+
+def _read_bytes(path, what):
+    try:
+        with open(os.fspath(path), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ProtoError(f"cannot read {what}: no such file ({_describe_path(path)})") from None
+    except IsADirectoryError:
+        raise ProtoError(f"cannot read {what}: it is a directory, not a file "
+                         f"({_describe_path(path)})") from None
+    except PermissionError:
+        raise ProtoError(f"cannot read {what}: permission denied ({_describe_path(path)})") from None
+    except OSError as e:
+        raise ProtoError(f"cannot read {what}: {e.strerror or e} ({_describe_path(path)})") from None
+
+
+def _type_name(message_class):
+    return message_class.DESCRIPTOR.full_name
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    ``data`` is bytes or a callable returning bytes; the callable runs before
+    the target is touched, so a failing serialisation leaves the old file as
+    it was. The bytes go to a temporary file in the same directory, are
+    fsync'ed, and replace the target with ``os.replace`` (atomic on POSIX).
+    """
+    path = os.fspath(path)
+    try:
+        payload = data() if callable(data) else data
+    except ProtoError:
+        raise
+    except Exception as e:
+        raise ProtoError(f"cannot write {path!r}: serialising the message failed "
+                         f"({type(e).__name__}: {e}); the existing file was left untouched") from e
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ProtoError(f"cannot write {path!r}: directory {directory!r} does not exist "
+                         f"({_describe_path(path)})")
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                                        suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, _final_mode(path))
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_directory(directory)
+    except OSError as e:
+        raise ProtoError(f"cannot write {path!r}: {e.strerror or e}; the existing file was left "
+                         f"untouched ({_describe_path(path)})") from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _final_mode(path):
+    """Keep an existing file's permissions; a new file gets the usual 0666 & ~umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(directory):
+    """Make the rename itself durable; not every platform allows it, which is harmless."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- text
+
+_PARSE_ERROR_PREFIX = re.compile(r"^\d+:\d+ : ")
+_QUOTED_LINE_PREFIX = re.compile(r"^'.*?': ", re.S)
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "(\w+)"')
+_NO_ENUM_VALUE = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+
+
+def _descriptor_by_name(full_name):
+    try:
+        return caffe_pb2.DESCRIPTOR.pool.FindMessageTypeByName(full_name)
+    except KeyError:
+        return None
+
+
+def _enum_by_name(full_name):
+    try:
+        return caffe_pb2.DESCRIPTOR.pool.FindEnumTypeByName(full_name)
+    except KeyError:
+        return None
+
+
+def _suggestion(message):
+    """A hint for the usual slips: misspelt field or enum value, V1 enum layer type."""
+    m = _NO_FIELD.search(message)
+    if m:
+        desc = _descriptor_by_name(m.group(1))
+        if desc is not None:
+            names = [f.name for f in desc.fields]
+            close = difflib.get_close_matches(m.group(2), names, n=3, cutoff=0.6)
+            if close:
+                return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+            return "valid fields of " + desc.name + ": " + ", ".join(sorted(names))
+    m = _NO_ENUM_VALUE.search(message)
+    if m:
+        enum = _enum_by_name(m.group(1))
+        if enum is not None:
+            names = [v.name for v in enum.values]
+            close = difflib.get_close_matches(m.group(2), names, n=3, cutoff=0.5)
+            if close:
+                return "did you mean " + " or ".join(close) + "?"
+            return "valid values: " + ", ".join(names)
+    if "Expected string" in message:
+        return ("string values need double quotes, e.g. type: \"Convolution\" "
+                "(an unquoted enum like CONVOLUTION belongs to the legacy 'layers {}' form)")
+    return None
+
+
+def _format_parse_error(error, text, filename):
+    """Turn protobuf's ParseError into 'FILE:LINE:COL: message', the line and a caret."""
+    line = error.GetLine() if hasattr(error, "GetLine") else None
+    col = error.GetColumn() if hasattr(error, "GetColumn") else None
+    detail = _PARSE_ERROR_PREFIX.sub("", str(error))
+    detail = _QUOTED_LINE_PREFIX.sub("", detail)
+    if line is None or line < 1:
+        head = f"{filename}: {detail}"
+        return head
+    col = max(int(col or 1), 1)
+    lines = text.splitlines()
+    parts = [f"{filename}:{line}:{col}: {detail}"]
+    if line <= len(lines):
+        source = lines[line - 1].replace("\t", " ")
+        parts.append("    " + source)
+        parts.append("    " + " " * (col - 1) + "^")
+    hint = _suggestion(detail)
+    if hint:
+        parts.append(hint)
+    return "\n".join(parts)
+
+
+def parse_text(text, message_class, filename="<string>"):
+    """Parse protobuf text format into a new ``message_class`` instance.
+
+    Errors name ``filename``, line and column, show the line with a caret, and
+    suggest the closest valid names for a misspelt field or enum value.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ProtoError(f"{filename}: not a text {_type_name(message_class)} file: byte "
+                             f"{e.start} is not UTF-8 text (is it a binary file? use read_binary)") from None
+    message = message_class()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise ProtoError(_format_parse_error(e, text, filename)) from None
+    except (pb_message.Error, ValueError, TypeError) as e:
+        raise ProtoError(f"{filename}: cannot parse as {_type_name(message_class)}: {e}") from None
+    return message
+
+
+def read_text(path, message_class):
+    """Read a ``.prototxt``-style file into a new ``message_class`` instance."""
+    data = _read_bytes(path, f"text {_type_name(message_class)} file")
+    return parse_text(data, message_class, filename=os.fspath(path))
+
+
+def to_text(message):
+    """The text form of a message, as Caffe's WriteProtoToTextFile prints it."""
+    return text_format.MessageToString(message)
+
+
+def write_text(message, path):
+    """Write ``message`` in text format, atomically."""
+    atomic_write_bytes(path, lambda: to_text(message).encode("utf-8"))
+
+
+# ---------------------------------------------------------------- binary
+
+def _has_unknown_fields(message):
+    try:
+        from google.protobuf import unknown_fields
+        return len(unknown_fields.UnknownFieldSet(message)) > 0
+    except Exception:  # older runtimes
+        try:
+            return len(message.UnknownFields()) > 0
+        except Exception:
+            return False
+
+
+def _try_parse(data, message_class):
+    """(message, clean): clean means parsed with no unknown top-level fields."""
+    message = message_class()
+    try:
+        message.ParseFromString(data)
+    except (pb_message.Error, ValueError, TypeError, RuntimeError):
+        return None, False
+    return message, not _has_unknown_fields(message)
+
+
+def _looks_like_text(data):
+    head = data[:4096]
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # a cut in the middle of a multi-byte character at the end is fine
+        try:
+            decoded = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in decoded)
+
+
+def guess_binary_type(data):
+    """Names of the Caffe messages that parse ``data`` cleanly (a best guess, in order)."""
+    names = []
+    for cls in BINARY_CANDIDATES:
+        message, clean = _try_parse(data, cls)
+        if message is not None and clean:
+            names.append(_type_name(cls))
+    return names
+
+
+def _what_it_holds(data, expected):
+    """A sentence on what a file that is not ``expected`` seems to be."""
+    if data.startswith(b"\x89HDF"):
+        return "it is an HDF5 file, not a protobuf"
+    if data.startswith(b"\x1f\x8b"):
+        return "it is gzip-compressed; decompress it first"
+    if _looks_like_text(data):
+        return "it looks like a text (prototxt) file; read it with read_text/read_net"
+    others = [n for n in guess_binary_type(data) if n != _type_name(expected)]
+    if others:
+        return "it parses as " + " or ".join(others) + " instead"
+    return ("no Caffe message parses it: the file is truncated, corrupt or not a Caffe "
+            "binary file")
+
+
+def parse_binary(data, message_class, filename="<bytes>"):
+    """Parse serialised protobuf bytes, with a named error on failure."""
+    size = len(data)
+    expected = _type_name(message_class)
+    if size == 0:
+        raise ProtoError(f"{filename}: file is empty (0 bytes); expected a binary {expected}")
+    message, clean = _try_parse(data, message_class)
+    if message is None:
+        raise ProtoError(f"{filename}: cannot parse {size} bytes as binary {expected} "
+                         f"(truncated or wrong type); {_what_it_holds(data, message_class)}")
+    if not clean:
+        others = [n for n in guess_binary_type(data) if n != expected]
+        if others:
+            raise ProtoError(f"{filename}: {size} bytes do not hold a binary {expected}: they "
+                             f"parse as {' or '.join(others)}; pass the right file or type")
+    return message
+
+
+def read_binary(path, message_class):
+    """Read a binary protobuf file (``.caffemodel``, ``.solverstate``, ``.binaryproto``)."""
+    data = _read_bytes(path, f"binary {_type_name(message_class)} file")
+    return parse_binary(data, message_class, filename=os.fspath(path))
+
+
+def write_binary(message, path):
+    """Write ``message`` in binary wire format, atomically."""
+    atomic_write_bytes(path, message.SerializeToString)
+
+
+def is_binary_file(path, data=None):
+    """Caffe tells text from binary by the tool used; here by suffix, then by content."""
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix in _BINARY_SUFFIXES:
+        return True
+    if suffix in _TEXT_SUFFIXES:
+        return False
+    if data is None:
+        data = _read_bytes(path, "file")
+    return not _looks_like_text(data)
+
+
+# ---------------------------------------------------------------- nets and solvers
+
+def _looks_like_inline_text(value):
+    return isinstance(value, str) and ("\n" in value or "{" in value) \
+        and not os.path.exists(value)
+
+
+def read_net(path_or_text):
+    """A NetParameter from a prototxt path, a binary caffemodel path or prototxt text.
+
+    Legacy formats (V0/V1 layers, input fields, old data and BatchNorm params)
+    are upgraded as Caffe's ReadNetParamsFrom*FileOrDie do.
+    """
+    from netspec.upgrade import upgrade_net
+
+    if isinstance(path_or_text, caffe_pb2.NetParameter):
+        net = caffe_pb2.NetParameter()
+        net.CopyFrom(path_or_text)
+    elif _looks_like_inline_text(path_or_text):
+        net = parse_text(path_or_text, caffe_pb2.NetParameter, filename="<net text>")
+    else:
+        path = os.fspath(path_or_text)
+        data = _read_bytes(path, "net file")
+        if is_binary_file(path, data):
+            net = parse_binary(data, caffe_pb2.NetParameter, filename=path)
+        else:
+            net = parse_text(data, caffe_pb2.NetParameter, filename=path)
+    upgrade_net(net)
+    return net
+
+
+def read_solver(path):
+    """A SolverParameter from a solver prototxt, with the old solver_type upgraded."""
+    from netspec.upgrade import upgrade_solver
+
+    if _looks_like_inline_text(path):
+        solver = parse_text(path, caffe_pb2.SolverParameter, filename="<solver text>")
+    else:
+        solver = read_text(path, caffe_pb2.SolverParameter)
+    upgrade_solver(solver)
+    return solver
+
+
+# ---------------------------------------------------------------- blobs
+
+def read_blob_proto(path):
+    """A BlobProto from a ``.binaryproto`` file (e.g. a mean image)."""
+    return read_binary(path, caffe_pb2.BlobProto)
+
+
+def _blob_shape(blob):
+    if (blob.HasField("num") or blob.HasField("channels") or blob.HasField("height")
+            or blob.HasField("width")):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """A float32 array of the blob's data (or diff), shaped as the blob says.
+
+    Old files give the shape as num/channels/height/width (e.g. Caffe's
+    mean.binaryproto); newer ones as ``shape { dim }``. Double-precision
+    payloads are read too and converted to float32.
+    """
+    shape = _blob_shape(blob)
+    if return_diff:
+        values = blob.diff if len(blob.diff) else blob.double_diff
+        what = "diff"
+    else:
+        values = blob.data if len(blob.data) else blob.double_data
+        what = "data"
+    array = np.asarray(values, dtype=np.float32)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if array.size != count:
+        raise ProtoError(f"BlobProto {what} holds {array.size} values but its shape "
+                         f"{list(shape)} needs {count}")
+    return array.reshape(shape)
+
+
+def array_to_blobproto(arr, diff=None):
+    """A BlobProto with ``shape { dim }`` and float32 data (and diff when given)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend(int(d) for d in arr.shape)
+    blob.data.extend(arr.ravel().tolist())
+    if diff is not None:
+        diff = np.asarray(diff, dtype=np.float32)
+        if diff.shape != arr.shape:
+            raise ProtoError(f"array_to_blobproto: diff shape {diff.shape} differs from data "
+                             f"shape {arr.shape}")
+        blob.diff.extend(diff.ravel().tolist())
+    return blob
