@@ -19,6 +19,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor as FD
 
 from netspec import caffe_pb2
+from netspec.descriptor_compat import is_repeated, is_required
 
 MESSAGES = """
 BlobShape: dim:1:int64:pk
@@ -128,9 +129,9 @@ LABELS = {"opt": "opt", "rep": "rep", "req": "req", "pk": "rep"}
 
 def _label(f):
     """opt/rep/req for a field (protobuf 7 dropped FieldDescriptor.label)."""
-    if f.is_required:
+    if is_required(f):
         return "req"
-    return "rep" if f.is_repeated else "opt"
+    return "rep" if is_repeated(f) else "opt"
 
 
 def _table(text):
@@ -317,7 +318,7 @@ def test_known_facts():
     assert p.ReductionParameter().operation == p.ReductionParameter.SUM
     assert p.CropParameter().axis == 2
     assert p.WindowDataParameter().crop_mode == "warp"
-    assert p.ClipParameter.DESCRIPTOR.fields_by_name["min"].is_required
+    assert is_required(p.ClipParameter.DESCRIPTOR.fields_by_name["min"])
 
 
 def test_packed_wire_format():
