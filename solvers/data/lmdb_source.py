@@ -1,0 +1,209 @@
+"""LMDB databases of Datum records: reading them in Caffe's order, writing them safely.
+
+Reading: Caffe's Data layer walks the records in key order from the first and
+starts again at the end. ``LMDBReader`` opens the database read-only without
+the lock file (so a read-only copy, e.g. CI's ``../shared``, works) and hands
+out ``LMDBCursor`` objects whose position (index + key) can be saved and
+restored, so a resumed run reads the very records it would have read.
+
+Writing: ``LMDBWriter`` builds the database in a temporary directory next to
+the target and renames it into place at the end, so an interrupted conversion
+never leaves a half-written database that looks complete. The map size starts
+small and doubles when LMDB says it is full (32-bit boards cannot map 1 TB as
+Caffe's converters ask); records are committed in batched transactions.
+"""
+import os
+import shutil
+import tempfile
+
+from netspec.errors import DataError
+
+
+def _lmdb():
+    import lmdb
+    return lmdb
+
+
+def is_lmdb_dir(path):
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "data.mdb"))
+
+
+class LMDBReader:
+    """A read-only LMDB environment (``path`` as resolved by the caller)."""
+
+    def __init__(self, path, what=None):
+        self.path = os.fspath(path)
+        what = what or "LMDB %r" % self.path
+        if not os.path.exists(self.path):
+            raise DataError("%s does not exist (resolved: %s, working directory: %s)"
+                            % (what, os.path.abspath(self.path), os.getcwd()))
+        subdir = os.path.isdir(self.path)
+        if subdir and not os.path.isfile(os.path.join(self.path, "data.mdb")):
+            raise DataError("%s is a directory without data.mdb, so it is not an LMDB database "
+                            "(resolved: %s)" % (what, os.path.abspath(self.path)))
+        try:
+            self.env = _lmdb().open(self.path, subdir=subdir, readonly=True, lock=False,
+                                    readahead=False, max_readers=126)
+        except _lmdb().Error as e:
+            raise DataError("%s cannot be opened as an LMDB database: %s" % (what, e)) from None
+        self.what = what
+        self.entries = self.env.stat()["entries"]
+
+    def __len__(self):
+        return self.entries
+
+    def cursor(self):
+        return LMDBCursor(self)
+
+    def items(self):
+        """All (key, value) pairs in key order (a generator over one read transaction)."""
+        with self.env.begin(buffers=False) as txn:
+            for kv in txn.cursor():
+                yield kv
+
+    def close(self):
+        self.env.close()
+
+
+class LMDBCursor:
+    """A position in key order that wraps around at the end (Caffe's DataLayer::Next)."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.txn = reader.env.begin(buffers=False)
+        self._cur = self.txn.cursor()
+        self.index = 0
+        self.wrapped = 0  # how many times the end was reached
+        if not self._cur.first():
+            raise DataError("%s is empty: it holds no records" % reader.what)
+
+    @property
+    def key(self):
+        return self._cur.key()
+
+    @property
+    def value(self):
+        return self._cur.value()
+
+    def next(self):
+        """Advance one record; at the end, start again from the first."""
+        if self._cur.next():
+            self.index += 1
+        else:
+            self._cur.first()
+            self.index = 0
+            self.wrapped += 1
+
+    def read(self, n):
+        """The next ``n`` values (wrapping), advancing past them."""
+        out = []
+        for _ in range(n):
+            out.append(self._cur.value())
+            self.next()
+        return out
+
+    def skip(self, n):
+        for _ in range(int(n) % max(self.reader.entries, 1)):
+            self.next()
+
+    def seek_first(self):
+        self._cur.first()
+        self.index = 0
+
+    def get_state(self):
+        """JSON-able position: the index of the next record and its key (latin-1 text)."""
+        return {"index": self.index, "key": self.key.decode("latin-1")}
+
+    def set_state(self, state):
+        """Go to a saved position: by key when it is still there, else by index."""
+        key = state.get("key")
+        if key is not None and self._cur.set_key(key.encode("latin-1")):
+            self.index = int(state.get("index", 0))
+            return
+        self.seek_first()
+        self.skip(int(state.get("index", 0)))
+
+    def close(self):
+        try:
+            self.txn.abort()
+        except Exception:  # the environment may already be closed
+            pass
+
+
+class LMDBWriter:
+    """Write (key, value) records into a new LMDB at ``path``, atomically.
+
+    Use as a context manager; leaving the block normally commits and renames
+    the temporary build directory to ``path``, an exception throws it away.
+    """
+
+    def __init__(self, path, overwrite=False, batch_size=1000, map_size=1 << 20):
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.lexists(self.path) and not overwrite:
+            raise DataError("%s already exists; refusing to overwrite it (pass --overwrite / "
+                            "overwrite=True, or choose another output path)" % path)
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise DataError("cannot create %s: directory %s does not exist" % (path, parent))
+        self.overwrite = overwrite
+        self.batch_size = int(batch_size)
+        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".tmp-", dir=parent)
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a database is meant to be shared
+        self.map_size = int(map_size)
+        self.env = _lmdb().open(self.tmp, map_size=self.map_size, subdir=True)
+        self.pending = []
+        self.count = 0
+
+    def put(self, key, value):
+        if isinstance(key, str):
+            key = key.encode("ascii")
+        self.pending.append((key, value))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self):
+        """Commit the pending records in one transaction, growing the map when it is full."""
+        if not self.pending:
+            return
+        lmdb = _lmdb()
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in self.pending:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:  # the transaction was aborted: grow and redo it
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+        self.count += len(self.pending)
+        self.pending = []
+
+    def commit(self):
+        """Flush, close and move the finished database to its final path."""
+        self.flush()
+        self.env.sync(True)
+        self.env.close()
+        if os.path.lexists(self.path):  # overwrite: move the old one aside first
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".old-",
+                                   dir=os.path.dirname(self.path))
+            os.rename(self.path, os.path.join(old, "db"))
+            os.rename(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.path)
+
+    def abort(self):
+        try:
+            self.env.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
