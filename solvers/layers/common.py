@@ -1,0 +1,1034 @@
+"""Caffe's common layers: inner product, shape plumbing, normalisation, reductions.
+
+Each class is one Caffe layer type with Caffe's semantics (BVLC
+``src/caffe/layers/*_layer.cpp``): parameters are read straight from the
+layer's ``*_param`` message, learnable blobs live in ``self.blobs`` in Caffe's
+order, bottom diffs are overwritten and parameter diffs accumulated.
+"""
+from netspec.errors import LayerError
+from solvers.blob import Blob
+from solvers.layer import Layer, register_layer
+
+
+def _fill(blob, filler_param):
+    from solvers.fillers import fill
+    fill(blob, filler_param)
+
+
+def _prod(dims):
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _scatter_add(xp, target, index, values):
+    """target[index[k]] += values[k], summing repeated indices (np.add.at)."""
+    if hasattr(xp, "add") and hasattr(xp.add, "at"):
+        xp.add.at(target, index, values)
+    else:  # CuPy
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+
+
+def _alias(top, bottom, shape):
+    """Make ``top`` a view of ``bottom``'s data with ``shape`` (again, if the bottom moved)."""
+    if top.shape != tuple(shape) or top._data_buf is not bottom._data_buf \
+            or top.data.base is not bottom.data.base:
+        top.reshape(shape)
+        top.share_data(bottom)
+
+
+def _canonical(layer, blob, axis, what="axis"):
+    n = blob.num_axes
+    if not -n <= axis < max(n, 1):
+        raise layer.error("%s %d is out of range for bottom of shape %s" % (what, axis, blob.shape))
+    return axis + n if axis < 0 else axis
+
+
+# ---------------------------------------------------------------------------
+# Fully connected
+# ---------------------------------------------------------------------------
+
+@register_layer("InnerProduct")
+class InnerProductLayer(Layer):
+    """y = x W^T + b over the axes from ``axis`` on (W is (N, K), or (K, N) with transpose)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.inner_product_param
+        if p.num_output <= 0:
+            raise self.error("inner_product_param.num_output must be set and positive")
+        self.num_output = p.num_output
+        self.bias_term = p.bias_term
+        self.transpose = p.transpose
+        self.axis = _canonical(self, bottom[0], p.axis)
+        k = bottom[0].count_range(self.axis)
+        w = Blob((k, self.num_output) if self.transpose else (self.num_output, k))
+        _fill(w, p.weight_filler)
+        self.blobs = [w]
+        if self.bias_term:
+            b = Blob((self.num_output,))
+            _fill(b, p.bias_filler)
+            self.blobs.append(b)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def reshape(self, bottom, top):
+        axis = _canonical(self, bottom[0], self.layer_param.inner_product_param.axis)
+        k = bottom[0].count_range(axis)
+        want = self.blobs[0].count // self.num_output
+        if k != want:
+            raise self.error("input size incompatible with inner product parameters: bottom %s has "
+                             "%d inputs per item from axis %d, weights expect %d"
+                             % (bottom[0].shape, k, axis, want))
+        self.axis, self.K, self.M = axis, k, bottom[0].count_range(0, axis)
+        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data.reshape(self.M, self.K)
+        w = self.blobs[0].data
+        y = top[0].data.reshape(self.M, self.num_output)
+        xp.matmul(x, w if self.transpose else w.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.M, self.num_output)
+        w = self.blobs[0]
+        if self.param_propagate_down[0]:
+            x = bottom[0].data.reshape(self.M, self.K)
+            w.diff += (x.T @ dy) if self.transpose else (dy.T @ x)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if propagate_down[0]:
+            dx = bottom[0].diff.reshape(self.M, self.K)
+            xp = self.xp_of(bottom[0])
+            xp.matmul(dy, w.data.T if self.transpose else w.data, out=dx)
+
+
+@register_layer("Embed")
+class EmbedLayer(Layer):
+    """A lookup table: each integer-valued bottom entry picks a row of W (input_dim, num_output)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.embed_param
+        if p.num_output <= 0 or p.input_dim <= 0:
+            raise self.error("embed_param needs positive num_output and input_dim (got %d, %d)"
+                             % (p.num_output, p.input_dim))
+        self.num_output, self.input_dim, self.bias_term = p.num_output, p.input_dim, p.bias_term
+        w = Blob((self.input_dim, self.num_output))
+        _fill(w, p.weight_filler)
+        self.blobs = [w]
+        if self.bias_term:
+            b = Blob((self.num_output,))
+            _fill(b, p.bias_filler)
+            self.blobs.append(b)
+        self.param_propagate_down = [True] * len(self.blobs)
+
+    def allow_force_backward(self, bottom_index):
+        return False
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape + (self.num_output,))
+
+    def _indices(self, bottom):
+        xp = self.xp_of(bottom[0])
+        v = bottom[0].data.ravel()
+        idx = v.astype(xp.int64)
+        if v.size and (bool((idx != v).any()) or int(idx.min()) < 0 or int(idx.max()) >= self.input_dim):
+            raise self.error("bottom values must be integers in [0, input_dim=%d); got min %g max %g"
+                             % (self.input_dim, float(v.min()), float(v.max())))
+        return idx
+
+    def forward(self, bottom, top):
+        idx = self._indices(bottom)
+        y = top[0].data.reshape(-1, self.num_output)
+        y[...] = self.blobs[0].data[idx]
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            raise self.error("cannot backpropagate to the Embed input (it holds indices); "
+                             "set propagate_down: false for it")
+        xp = self.xp_of(top[0])
+        dy = top[0].diff.reshape(-1, self.num_output)
+        if self.param_propagate_down[0]:
+            _scatter_add(xp, self.blobs[0].diff, self._indices(bottom), dy)
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Shapes and plumbing
+# ---------------------------------------------------------------------------
+
+@register_layer("Input")
+class InputLayer(Layer):
+    """Net inputs: tops shaped by input_param.shape (one shape for all tops, or one each)."""
+    exact_num_bottom = 0
+    min_top = 1
+
+    def layer_setup(self, bottom, top):
+        shapes = self.layer_param.input_param.shape
+        if len(shapes) not in (0, 1, len(top)):
+            raise self.error("input_param must give 0, 1 or %d shapes (one per top), got %d"
+                             % (len(top), len(shapes)))
+        for i, t in enumerate(top):
+            if len(shapes):
+                t.reshape(tuple(shapes[0 if len(shapes) == 1 else i].dim))
+
+    def reshape(self, bottom, top):
+        pass  # the user reshapes input blobs; nothing to derive
+
+    def forward(self, bottom, top):
+        pass
+
+
+@register_layer("DummyData")
+class DummyDataLayer(Layer):
+    """Tops filled by fillers; constant fillers fill once, random ones refill every forward."""
+    exact_num_bottom = 0
+    min_top = 1
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        p = self.layer_param.dummy_data_param
+        n = len(top)
+        nf = len(p.data_filler)
+        if nf not in (0, 1, n):
+            raise self.error("dummy_data_param needs 0, 1 or %d data_filler, got %d" % (n, nf))
+        legacy = [p.num, p.channels, p.height, p.width]
+        has_legacy = any(len(f) for f in legacy)
+        if has_legacy and len(p.shape):
+            raise self.error("give either shape or num/channels/height/width, not both")
+        if has_legacy:
+            for f, name in zip(legacy, ("num", "channels", "height", "width")):
+                if len(f) not in (1, n):
+                    raise self.error("dummy_data_param.%s needs 1 or %d values, got %d" % (name, n, len(f)))
+            shapes = [tuple(int(f[0 if len(f) == 1 else i]) for f in legacy) for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):
+                raise self.error("dummy_data_param.shape needs 1 or %d entries, got %d" % (n, len(p.shape)))
+            shapes = [tuple(p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(n)]
+        if nf == 0:
+            const = caffe_pb2.FillerParameter(type="constant", value=0)
+            self.fillers = [const] * n
+        else:
+            self.fillers = [p.data_filler[0 if nf == 1 else i] for i in range(n)]
+        self.refill = [f.type != "constant" for f in self.fillers]
+        for t, s, f in zip(top, shapes, self.fillers):
+            t.reshape(s)
+            if f.type == "constant":
+                _fill(t, f)
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        for t, f, again in zip(top, self.fillers, self.refill):
+            if again:
+                _fill(t, f)
+
+
+@register_layer("Parameter")
+class ParameterLayer(Layer):
+    """Exposes one learnable blob (parameter_param.shape) as its top; top shares data and diff."""
+    exact_num_bottom = 0
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.blobs = [Blob(tuple(self.layer_param.parameter_param.shape.dim))]
+        self.param_propagate_down = [True]
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.blobs[0].shape)
+        top[0].share_data(self.blobs[0])
+        top[0].share_diff(self.blobs[0])
+
+    def forward(self, bottom, top):
+        pass
+
+
+@register_layer("Silence")
+class SilenceLayer(Layer):
+    """Swallows its bottoms (no tops); backward writes zero diffs."""
+    min_bottom = 1
+    exact_num_top = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        for b, p in zip(bottom, propagate_down):
+            if p:
+                b.diff[...] = 0
+
+
+@register_layer("Split")
+class SplitLayer(Layer):
+    """Hands one blob to several consumers: tops share the bottom's data; backward sums their diffs."""
+    exact_num_bottom = 1
+    min_top = 1
+
+    def reshape(self, bottom, top):
+        for i, t in enumerate(top):
+            if t is bottom[0]:
+                raise self.error("top %d is its bottom: Split does not work in place" % i)
+            t.reshape(bottom[0].shape)
+            t.share_data(bottom[0])
+
+    def forward(self, bottom, top):
+        for t in top:  # re-share in case the bottom was given a new buffer
+            _alias(t, bottom[0], bottom[0].shape)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dx = bottom[0].diff
+        dx[...] = top[0].diff
+        for t in top[1:]:
+            dx += t.diff
+
+
+class _ShareLayer(Layer):
+    """Base of Flatten and Reshape: top is a new view of the bottom's data.
+
+    The top shares the bottom's data buffer (no copy forward); its diff has its
+    own buffer and backward copies it into the bottom diff, so a net that
+    reshapes (and reallocates) either blob never leaves a stale alias behind.
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def top_shape(self, bottom):
+        raise NotImplementedError
+
+    def reshape(self, bottom, top):
+        if top[0] is bottom[0]:
+            raise self.error("%s does not work in place; give the top its own name" % self.type)
+        shape = self.top_shape(bottom[0])
+        if _prod(shape) != bottom[0].count:
+            raise self.error("output shape %s has %d entries but bottom %s has %d"
+                             % (shape, _prod(shape), bottom[0].shape, bottom[0].count))
+        top[0].reshape(shape)
+        top[0].share_data(bottom[0])
+
+    def forward(self, bottom, top):
+        _alias(top[0], bottom[0], self.top_shape(bottom[0]))
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff.reshape(bottom[0].shape)
+
+
+@register_layer("Flatten")
+class FlattenLayer(_ShareLayer):
+    """Merges axes [axis, end_axis] into one."""
+
+    def top_shape(self, b):
+        p = self.layer_param.flatten_param
+        start = _canonical(self, b, p.axis, "flatten axis")
+        end = _canonical(self, b, p.end_axis, "flatten end_axis")
+        if end < start:
+            raise self.error("end_axis %d comes before axis %d for bottom %s" % (p.end_axis, p.axis, b.shape))
+        return b.shape[:start] + (b.count_range(start, end + 1),) + b.shape[end + 1:]
+
+
+@register_layer("Reshape")
+class ReshapeLayer(_ShareLayer):
+    """Caffe's Reshape: shape dims 0 copy the bottom's dim, one -1 is inferred; axis/num_axes pick the span."""
+
+    def top_shape(self, b):
+        p = self.layer_param.reshape_param
+        dims = list(p.shape.dim)
+        if sum(1 for d in dims if d == -1) > 1:
+            raise self.error("reshape_param.shape may hold at most one -1 (got %s)" % dims)
+        if any(d < -1 for d in dims):
+            raise self.error("reshape_param.shape dims must be >= -1 (got %s)" % dims)
+        n = b.num_axes
+        start = p.axis if p.axis >= 0 else p.axis + n + 1
+        if not 0 <= start <= n:
+            raise self.error("reshape_param.axis %d out of range for bottom %s" % (p.axis, b.shape))
+        if p.num_axes < -1:
+            raise self.error("reshape_param.num_axes must be >= -1, got %d" % p.num_axes)
+        end = n if p.num_axes == -1 else start + p.num_axes
+        if end > n:
+            raise self.error("axis %d + num_axes %d exceed the %d axes of bottom %s"
+                             % (start, p.num_axes, n, b.shape))
+        new = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if start + i >= n:
+                    raise self.error("shape dim %d is 0 (copy) but bottom %s has no axis %d"
+                                     % (i, b.shape, start + i))
+                new.append(b.shape[start + i])
+            else:
+                new.append(d)
+        if -1 in new:
+            known = _prod(d for d in new if d != -1) * _prod(b.shape[:start]) * _prod(b.shape[end:])
+            if known == 0 or b.count % known:
+                raise self.error("cannot infer the -1 in shape %s from bottom %s" % (dims, b.shape))
+            new[new.index(-1)] = b.count // known
+        return b.shape[:start] + tuple(new) + b.shape[end:]
+
+
+@register_layer("Concat")
+class ConcatLayer(Layer):
+    """Joins bottoms along ``axis`` (legacy concat_dim honoured)."""
+    min_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.concat_param
+        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+        self.axis = _canonical(self, bottom[0], axis)
+        ref = bottom[0].shape
+        for i, b in enumerate(bottom[1:], 1):
+            if b.num_axes != len(ref) or any(b.shape[j] != ref[j] for j in range(len(ref)) if j != self.axis):
+                raise self.error("bottom %d has shape %s, incompatible with bottom 0 %s for concat on axis %d"
+                                 % (i, b.shape, ref, self.axis))
+        shape = list(ref)
+        shape[self.axis] = sum(b.shape[self.axis] for b in bottom)
+        top[0].reshape(tuple(shape))
+        if len(bottom) == 1:
+            top[0].share_data(bottom[0])
+            top[0].share_diff(bottom[0])
+
+    def forward(self, bottom, top):
+        if len(bottom) == 1:
+            return
+        xp = self.xp_of(bottom[0])
+        xp.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if len(bottom) == 1:
+            return
+        start = 0
+        for b, p in zip(bottom, propagate_down):
+            n = b.shape[self.axis]
+            if p:
+                idx = (slice(None),) * self.axis + (slice(start, start + n),)
+                b.diff[...] = top[0].diff[idx]
+            start += n
+
+
+@register_layer("Slice")
+class SliceLayer(Layer):
+    """Cuts the bottom along ``axis`` at slice_point (or into equal parts); legacy slice_dim honoured."""
+    exact_num_bottom = 1
+    min_top = 1
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.slice_param
+        axis = p.slice_dim if p.HasField("slice_dim") else p.axis
+        self.axis = _canonical(self, bottom[0], axis)
+        dim = bottom[0].shape[self.axis]
+        points = list(p.slice_point)
+        if points:
+            if len(points) != len(top) - 1:
+                raise self.error("%d slice_point(s) need %d tops, got %d" % (len(points), len(points) + 1, len(top)))
+            bounds = [0] + points + [dim]
+            if any(b1 <= b0 for b0, b1 in zip(bounds, bounds[1:])):
+                raise self.error("slice_point %s must increase strictly within (0, %d)" % (points, dim))
+        else:
+            if dim % len(top):
+                raise self.error("axis %d of size %d cannot be split evenly into %d tops"
+                                 % (self.axis, dim, len(top)))
+            step = dim // len(top)
+            bounds = [i * step for i in range(len(top) + 1)]
+        self.bounds = bounds
+        for t, b0, b1 in zip(top, bounds, bounds[1:]):
+            shape = list(bottom[0].shape)
+            shape[self.axis] = b1 - b0
+            t.reshape(tuple(shape))
+        if len(top) == 1:
+            top[0].share_data(bottom[0])
+            top[0].share_diff(bottom[0])
+
+    def _index(self, b0, b1):
+        return (slice(None),) * self.axis + (slice(b0, b1),)
+
+    def forward(self, bottom, top):
+        if len(top) == 1:
+            return
+        for t, b0, b1 in zip(top, self.bounds, self.bounds[1:]):
+            t.data[...] = bottom[0].data[self._index(b0, b1)]
+
+    def backward(self, top, propagate_down, bottom):
+        if len(top) == 1 or not propagate_down[0]:
+            return
+        for t, b0, b1 in zip(top, self.bounds, self.bounds[1:]):
+            bottom[0].diff[self._index(b0, b1)] = t.diff
+
+
+@register_layer("Tile")
+class TileLayer(Layer):
+    """Repeats the bottom ``tiles`` times along ``axis`` (whole trailing blocks, as np.tile)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.tile_param
+        if p.tiles <= 0:
+            raise self.error("tile_param.tiles must be positive, got %d" % p.tiles)
+        self.axis = _canonical(self, bottom[0], p.axis)
+        self.tiles = p.tiles
+        self.outer = bottom[0].count_range(0, self.axis)
+        self.inner = bottom[0].count_range(self.axis)
+        shape = list(bottom[0].shape)
+        shape[self.axis] *= p.tiles
+        top[0].reshape(tuple(shape))
+
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.outer, 1, self.inner)
+        top[0].data.reshape(self.outer, self.tiles, self.inner)[...] = x
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dy = top[0].diff.reshape(self.outer, self.tiles, self.inner)
+            bottom[0].diff.reshape(self.outer, self.inner)[...] = dy.sum(axis=1)
+
+
+@register_layer("BatchReindex")
+class BatchReindexLayer(Layer):
+    """top[i] = bottom[0][bottom[1][i]]: picks (and repeats) items along the first axis."""
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        if bottom[1].num_axes != 1:
+            raise self.error("bottom 1 (indices) must have exactly one axis, got shape %s" % (bottom[1].shape,))
+        top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
+
+    def _indices(self, bottom):
+        xp = self.xp_of(bottom[1])
+        v = bottom[1].data
+        idx = v.astype(xp.int64)
+        n = bottom[0].shape[0]
+        if v.size and (bool((idx != v).any()) or int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise self.error("indices (bottom 1) must be integers in [0, %d); got min %g max %g"
+                             % (n, float(v.min()), float(v.max())))
+        return idx
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self._indices(bottom)]
+
+    def backward(self, top, propagate_down, bottom):
+        if len(propagate_down) > 1 and propagate_down[1]:
+            raise self.error("cannot backpropagate to the indices (bottom 1); set propagate_down: false")
+        if propagate_down[0]:
+            xp = self.xp_of(bottom[0])
+            bottom[0].diff[...] = 0
+            _scatter_add(xp, bottom[0].diff, self._indices(bottom), top[0].diff)
+
+
+@register_layer("Filter")
+class FilterLayer(Layer):
+    """Keeps the items (first axis) whose selector (last bottom) is non-zero, for every other bottom."""
+    min_bottom = 2
+    min_top = 1
+
+    def layer_setup(self, bottom, top):
+        if len(top) != len(bottom) - 1:
+            raise self.error("needs one top per filtered bottom: %d bottoms (last = selector) but %d tops"
+                             % (len(bottom), len(top)))
+        self.first_reshape = True
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != len(self.layer_param.bottom) - 1
+
+    def _select(self, bottom):
+        xp = self.xp_of(bottom[-1])
+        sel = bottom[-1]
+        if any(d != 1 for d in sel.shape[1:]):
+            raise self.error("selector (last bottom) dims after the first must be 1, got shape %s" % (sel.shape,))
+        for i, b in enumerate(bottom[:-1]):
+            if b.num_axes == 0 or b.shape[0] != sel.shape[0]:
+                raise self.error("bottom %d (shape %s) must have the selector's first dimension %d"
+                                 % (i, b.shape, sel.shape[0]))
+        self.indices = xp.nonzero(sel.data.reshape(-1))[0]
+
+    def _reshape_tops(self, bottom, top, n):
+        for b, t in zip(bottom, top):
+            t.reshape((n,) + b.shape[1:])
+
+    def reshape(self, bottom, top):
+        self._select(bottom)
+        # Like Caffe, the very first reshape sizes tops to the full batch (selector not read yet).
+        n = bottom[0].shape[0] if self.first_reshape else int(self.indices.size)
+        self.first_reshape = False
+        self._reshape_tops(bottom, top, n)
+
+    def forward(self, bottom, top):
+        self._select(bottom)  # Caffe reshapes before every forward: the selection follows the data
+        self._reshape_tops(bottom, top, int(self.indices.size))
+        for b, t in zip(bottom, top):
+            t.data[...] = b.data[self.indices]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[-1]:
+            raise self.error("cannot backpropagate to the selector (last bottom); set propagate_down: false")
+        for b, t, p in zip(bottom, top, propagate_down):
+            if p:
+                b.diff[...] = 0
+                b.diff[self.indices] = t.diff
+
+
+# ---------------------------------------------------------------------------
+# Element-wise and broadcasting arithmetic
+# ---------------------------------------------------------------------------
+
+@register_layer("Eltwise")
+class EltwiseLayer(Layer):
+    """Element-wise PROD, SUM (with optional coeff per bottom) or MAX of equally shaped bottoms."""
+    min_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        p = self.layer_param.eltwise_param
+        self.op = p.operation
+        self.ops = caffe_pb2.EltwiseParameter
+        if len(p.coeff) and len(p.coeff) != len(bottom):
+            raise self.error("eltwise_param needs one coeff per bottom (%d), got %d" % (len(bottom), len(p.coeff)))
+        if len(p.coeff) and self.op != self.ops.SUM:
+            raise self.error("coeff is only allowed with operation SUM")
+        self.coeff = list(p.coeff) if len(p.coeff) else [1.0] * len(bottom)
+        self.stable_prod_grad = p.stable_prod_grad
+
+    def reshape(self, bottom, top):
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != bottom[0].shape:
+                raise self.error("bottom %d has shape %s but bottom 0 has %s; Eltwise needs equal shapes"
+                                 % (i, b.shape, bottom[0].shape))
+        top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        y = top[0].data
+        if self.op == self.ops.SUM:
+            acc = self.coeff[0] * bottom[0].data if self.coeff[0] != 1 else bottom[0].data.copy()
+            for c, b in zip(self.coeff[1:], bottom[1:]):
+                acc += (c * b.data) if c != 1 else b.data
+            y[...] = acc
+        elif self.op == self.ops.PROD:
+            acc = bottom[0].data * bottom[1].data
+            for b in bottom[2:]:
+                acc *= b.data
+            y[...] = acc
+        else:  # MAX: the first bottom wins ties, as in Caffe
+            stacked = xp.stack([b.data for b in bottom])
+            self.mask = xp.argmax(stacked, axis=0)
+            y[...] = stacked.max(axis=0)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff
+        for i, (b, p) in enumerate(zip(bottom, propagate_down)):
+            if not p:
+                continue
+            if self.op == self.ops.SUM:
+                b.diff[...] = dy * self.coeff[i] if self.coeff[i] != 1 else dy
+            elif self.op == self.ops.PROD:
+                if self.stable_prod_grad:
+                    others = None
+                    for j, o in enumerate(bottom):
+                        if j != i:
+                            others = o.data.copy() if others is None else others * o.data
+                    b.diff[...] = others * dy
+                else:
+                    b.diff[...] = top[0].data / b.data * dy
+            else:
+                b.diff[...] = dy * (self.mask == i)
+
+
+class _AxisBroadcast(Layer):
+    """Shared plumbing of Scale and Bias: a blob spanning axes [axis, axis + n) of bottom 0."""
+
+    def _param_shape(self, bottom, p):
+        axis = _canonical(self, bottom[0], p.axis)
+        if p.num_axes < -1:
+            raise self.error("num_axes must be >= -1, got %d" % p.num_axes)
+        end = bottom[0].num_axes if p.num_axes == -1 else axis + p.num_axes
+        if end > bottom[0].num_axes:
+            raise self.error("axis %d + num_axes %d exceed the axes of bottom %s" % (axis, p.num_axes, bottom[0].shape))
+        return bottom[0].shape[axis:end]
+
+    def _dims(self, bottom, operand, p):
+        """(outer, dim, inner) so that bottom 0 reads as (outer, dim, inner) and operand as (dim,)."""
+        axis = 0 if operand.num_axes == 0 else _canonical(self, bottom[0], p.axis)
+        span = bottom[0].shape[axis:axis + operand.num_axes]
+        if tuple(span) != tuple(operand.shape):
+            raise self.error("operand shape %s does not match bottom %s at axes %d..%d (%s)"
+                             % (operand.shape, bottom[0].shape, axis, axis + operand.num_axes - 1, span))
+        return (bottom[0].count_range(0, axis), operand.count,
+                bottom[0].count_range(axis + operand.num_axes))
+
+
+@register_layer("Bias")
+class BiasLayer(_AxisBroadcast):
+    """top = bottom + bias, the bias (learned, or bottom 1) broadcast over the other axes."""
+    min_bottom = 1
+    max_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.bias_param
+        if len(bottom) == 1:
+            b = Blob(self._param_shape(bottom, p))
+            _fill(b, p.filler)
+            self.blobs = [b]
+            self.param_propagate_down = [True]
+
+    def reshape(self, bottom, top):
+        operand = bottom[1] if len(bottom) > 1 else self.blobs[0]
+        self.outer, self.dim, self.inner = self._dims(bottom, operand, self.layer_param.bias_param)
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        operand = bottom[1] if len(bottom) > 1 else self.blobs[0]
+        x = bottom[0].data.reshape(self.outer, self.dim, self.inner)
+        y = top[0].data.reshape(self.outer, self.dim, self.inner)
+        b = operand.data.reshape(1, self.dim, 1)
+        if top[0] is bottom[0]:
+            y += b
+        else:
+            y[...] = x + b
+
+    def backward(self, top, propagate_down, bottom):
+        dy = top[0].diff.reshape(self.outer, self.dim, self.inner)
+        if len(bottom) > 1:
+            if propagate_down[1]:
+                bottom[1].diff.reshape(self.dim)[...] = dy.sum(axis=(0, 2))
+        elif self.param_propagate_down[0]:
+            self.blobs[0].diff.reshape(self.dim)[...] += dy.sum(axis=(0, 2))
+        if propagate_down[0] and bottom[0] is not top[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
+@register_layer("Scale")
+class ScaleLayer(_AxisBroadcast):
+    """top = bottom * scale (+ bias with bias_term); scale learned (default filler constant 1) or bottom 1."""
+    min_bottom = 1
+    max_bottom = 2
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        p = self.layer_param.scale_param
+        self.blobs = []
+        if len(bottom) == 1:
+            s = Blob(self._param_shape(bottom, p))
+            if p.HasField("filler"):
+                _fill(s, p.filler)
+            else:
+                _fill(s, caffe_pb2.FillerParameter(type="constant", value=1))
+            self.blobs.append(s)
+        if p.bias_term:
+            operand_shape = bottom[1].shape if len(bottom) > 1 else self.blobs[0].shape
+            b = Blob(operand_shape)
+            _fill(b, p.bias_filler)
+            self.blobs.append(b)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.bias_index = len(self.blobs) - 1 if p.bias_term else None
+
+    def reshape(self, bottom, top):
+        scale = bottom[1] if len(bottom) > 1 else self.blobs[0]
+        self.outer, self.dim, self.inner = self._dims(bottom, scale, self.layer_param.scale_param)
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def _scale(self, bottom):
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def forward(self, bottom, top):
+        shape3 = (self.outer, self.dim, self.inner)
+        x = bottom[0].data.reshape(shape3)
+        if top[0] is bottom[0]:
+            self.x_saved = x.copy()  # backward needs the input that in-place overwrites
+        s = self._scale(bottom).data.reshape(1, self.dim, 1)
+        y = top[0].data.reshape(shape3)
+        y[...] = x * s
+        if self.bias_index is not None:
+            y += self.blobs[self.bias_index].data.reshape(1, self.dim, 1)
+
+    def backward(self, top, propagate_down, bottom):
+        shape3 = (self.outer, self.dim, self.inner)
+        dy = top[0].diff.reshape(shape3)
+        scale = self._scale(bottom)
+        if self.bias_index is not None and self.param_propagate_down[self.bias_index]:
+            self.blobs[self.bias_index].diff.reshape(self.dim)[...] += dy.sum(axis=(0, 2))
+        x = self.x_saved if top[0] is bottom[0] else bottom[0].data.reshape(shape3)
+        if len(bottom) > 1:
+            if propagate_down[1]:
+                scale.diff.reshape(self.dim)[...] = (dy * x).sum(axis=(0, 2))
+        elif self.param_propagate_down[0]:
+            scale.diff.reshape(self.dim)[...] += (dy * x).sum(axis=(0, 2))
+        if propagate_down[0]:
+            bottom[0].diff.reshape(shape3)[...] = dy * scale.data.reshape(1, self.dim, 1)
+
+
+# ---------------------------------------------------------------------------
+# Normalisation and reductions
+# ---------------------------------------------------------------------------
+
+@register_layer("Softmax")
+class SoftmaxLayer(Layer):
+    """Softmax over ``axis`` (max-shifted for stability)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        self.axis = _canonical(self, bottom[0], self.layer_param.softmax_param.axis)
+        self.shape3 = (bottom[0].count_range(0, self.axis), bottom[0].shape[self.axis],
+                       bottom[0].count_range(self.axis + 1))
+        if top[0] is not bottom[0]:
+            top[0].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data.reshape(self.shape3)
+        e = xp.exp(x - x.max(axis=1, keepdims=True))
+        e /= e.sum(axis=1, keepdims=True)
+        top[0].data.reshape(self.shape3)[...] = e
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            y = top[0].data.reshape(self.shape3)
+            dy = top[0].diff.reshape(self.shape3)
+            dx = (dy - (dy * y).sum(axis=1, keepdims=True)) * y
+            bottom[0].diff.reshape(self.shape3)[...] = dx
+
+
+@register_layer("MVN")
+class MVNLayer(Layer):
+    """Mean (and variance) normalisation per item and channel, or per item with across_channels.
+
+    As in Caffe the divisor is sqrt(var) + eps (eps outside the root).
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.mvn_param
+        b = bottom[0]
+        rows = b.num if p.across_channels else b.num * b.channels
+        self.shape2 = (rows, b.count // rows if rows else 0)
+        if top[0] is not bottom[0]:
+            top[0].reshape(b.shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        p = self.layer_param.mvn_param
+        x = bottom[0].data.reshape(self.shape2)
+        y = x - x.mean(axis=1, keepdims=True)
+        if p.normalize_variance:
+            self.std = xp.sqrt((y * y).mean(axis=1, keepdims=True)) + p.eps
+            y /= self.std
+        top[0].data.reshape(self.shape2)[...] = y
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = top[0].diff.reshape(self.shape2)
+        dx = dy - dy.mean(axis=1, keepdims=True)
+        if self.layer_param.mvn_param.normalize_variance:
+            y = top[0].data.reshape(self.shape2)
+            dx = (dx - y * (dy * y).mean(axis=1, keepdims=True)) / self.std
+        bottom[0].diff.reshape(self.shape2)[...] = dx
+
+
+@register_layer("BatchNorm")
+class BatchNormLayer(Layer):
+    """Normalises each channel by batch statistics (TRAIN) or stored ones (use_global_stats).
+
+    Blobs, as Caffe: running mean sum, running variance sum, and the scale
+    factor that divides both; in TRAIN forward updates them with
+    moving_average_fraction (variance with the m/(m-1) correction). The
+    statistics are not learned: Caffe gives them lr_mult 0, done here on
+    this layer's copy of its LayerParameter, and backward leaves their diffs.
+    """
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        p = self.layer_param.batch_norm_param
+        self.use_global_stats = (p.use_global_stats if p.HasField("use_global_stats")
+                                 else self.phase == caffe_pb2.TEST)
+        self.maf = p.moving_average_fraction
+        self.eps = p.eps
+        self.channels = 1 if bottom[0].num_axes == 1 else bottom[0].shape[1]
+        self.blobs = [Blob((self.channels,)), Blob((self.channels,)), Blob((1,))]
+        for b in self.blobs:
+            b.data[...] = 0
+        if len(self.layer_param.param) == 0:
+            lp = caffe_pb2.LayerParameter()
+            lp.CopyFrom(self.layer_param)
+            for _ in range(3):
+                lp.param.add(lr_mult=0)
+            self.layer_param = lp
+        self.param_propagate_down = [False] * 3
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        c = 1 if b.num_axes == 1 else b.shape[1]
+        if c != self.channels:
+            raise self.error("bottom %s has %d channels, the layer was set up for %d" % (b.shape, c, self.channels))
+        self.shape3 = (b.shape[0] if b.num_axes else 1, c, b.count_range(2))
+        if top[0] is not bottom[0]:
+            top[0].reshape(b.shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data.reshape(self.shape3)
+        if self.use_global_stats:
+            sf = float(self.blobs[2].data[0])
+            sf = 0.0 if sf == 0 else 1.0 / sf
+            mean = sf * self.blobs[0].data
+            var = sf * self.blobs[1].data
+        else:
+            mean = x.mean(axis=(0, 2))
+            xc = x - mean[None, :, None]
+            var = (xc * xc).mean(axis=(0, 2))
+            m = x.size // self.channels
+            correction = m / (m - 1.0) if m > 1 else 1.0
+            self.blobs[2].data[...] = self.blobs[2].data * self.maf + 1
+            self.blobs[0].data[...] = mean + self.maf * self.blobs[0].data
+            self.blobs[1].data[...] = correction * var + self.maf * self.blobs[1].data
+        self.inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
+        y = (x - mean.astype(x.dtype)[None, :, None]) * self.inv_std[None, :, None]
+        top[0].data.reshape(self.shape3)[...] = y
+        self.x_norm = y  # kept: an in-place successor may overwrite top
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        dy = top[0].diff.reshape(self.shape3)
+        inv = self.inv_std[None, :, None]
+        if self.use_global_stats:
+            dx = dy * inv
+        else:
+            y = self.x_norm
+            dx = (dy - dy.mean(axis=(0, 2), keepdims=True)
+                  - y * (dy * y).mean(axis=(0, 2), keepdims=True)) * inv
+        bottom[0].diff.reshape(self.shape3)[...] = dx
+
+
+@register_layer("Reduction")
+class ReductionLayer(Layer):
+    """Reduces all axes from ``axis`` on with SUM, ASUM, SUMSQ or MEAN, times coeff."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        self.axis = _canonical(self, bottom[0], self.layer_param.reduction_param.axis)
+        self.shape2 = (bottom[0].count_range(0, self.axis), bottom[0].count_range(self.axis))
+        top[0].reshape(bottom[0].shape[:self.axis])
+
+    def forward(self, bottom, top):
+        from netspec import caffe_pb2
+        ops = caffe_pb2.ReductionParameter
+        xp = self.xp_of(bottom[0])
+        p = self.layer_param.reduction_param
+        x = bottom[0].data.reshape(self.shape2)
+        if p.operation == ops.SUM:
+            r = x.sum(axis=1)
+        elif p.operation == ops.ASUM:
+            r = xp.abs(x).sum(axis=1)
+        elif p.operation == ops.SUMSQ:
+            r = (x * x).sum(axis=1)
+        elif p.operation == ops.MEAN:
+            r = x.mean(axis=1) if self.shape2[1] else x.sum(axis=1)
+        else:
+            raise self.error("unknown reduction operation %d" % p.operation)
+        top[0].data.reshape(self.shape2[0])[...] = r * p.coeff if p.coeff != 1 else r
+
+    def backward(self, top, propagate_down, bottom):
+        from netspec import caffe_pb2
+        ops = caffe_pb2.ReductionParameter
+        if not propagate_down[0]:
+            return
+        xp = self.xp_of(bottom[0])
+        p = self.layer_param.reduction_param
+        g = top[0].diff.reshape(self.shape2[0], 1) * p.coeff
+        x = bottom[0].data.reshape(self.shape2)
+        dx = bottom[0].diff.reshape(self.shape2)
+        if p.operation == ops.SUM:
+            dx[...] = g
+        elif p.operation == ops.ASUM:
+            dx[...] = xp.sign(x) * g
+        elif p.operation == ops.SUMSQ:
+            dx[...] = 2 * x * g
+        else:
+            dx[...] = g / max(self.shape2[1], 1)
+
+
+@register_layer("ArgMax")
+class ArgMaxLayer(Layer):
+    """Indices (and/or values) of the top_k largest entries; equal values: the later index first, as Caffe."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.argmax_param
+        self.top_k = p.top_k
+        self.out_max_val = p.out_max_val
+        self.has_axis = p.HasField("axis")
+        if self.top_k < 1:
+            raise self.error("argmax_param.top_k must be >= 1, got %d" % self.top_k)
+
+    def reshape(self, bottom, top):
+        b = bottom[0]
+        if self.has_axis:
+            self.axis = _canonical(self, b, self.layer_param.argmax_param.axis)
+            if self.top_k > b.shape[self.axis]:
+                raise self.error("top_k %d exceeds axis %d of size %d" % (self.top_k, self.axis, b.shape[self.axis]))
+            shape = list(b.shape)
+            shape[self.axis] = self.top_k
+        else:
+            if self.top_k > b.count_range(1):
+                raise self.error("top_k %d exceeds the %d entries per item of bottom %s"
+                                 % (self.top_k, b.count_range(1), b.shape))
+            shape = [1] * max(b.num_axes, 3)
+            shape[0] = b.shape[0]
+            shape[1] = 2 if self.out_max_val else 1
+            shape[2] = self.top_k
+        top[0].reshape(tuple(shape))
+
+    def _topk(self, xp, a):
+        """Indices and values of the top_k along the last axis; ties prefer the larger index."""
+        n = a.shape[-1]
+        order = xp.argsort(-a[..., ::-1], axis=-1, kind="stable")[..., :self.top_k]
+        idx = (n - 1) - order
+        return idx, xp.take_along_axis(a, idx, axis=-1)
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data
+        if self.has_axis:
+            idx, val = self._topk(xp, xp.moveaxis(x, self.axis, -1))
+            out = val if self.out_max_val else idx.astype(x.dtype)
+            top[0].data[...] = xp.moveaxis(out, -1, self.axis)
+        else:
+            n = x.shape[0]
+            idx, val = self._topk(xp, x.reshape(n, -1))
+            y = top[0].data.reshape(n, -1, self.top_k)
+            y[:, 0, :] = idx
+            if self.out_max_val:
+                y[:, 1, :] = val
+
+    def backward(self, top, propagate_down, bottom):
+        if any(propagate_down):
+            raise self.error("ArgMax has no gradient; set propagate_down: false")
