@@ -36,9 +36,11 @@ def _load_case(name):
     if "layer" not in by_name:
         raise AssertionError("case %s: no layer named 'layer' in its prototxt" % name)
     # Source layer bI has the single top bI; bottom_I in the npz is its value.
-    sources = {lp.top[0]: int(lp.name[1:]) for lp in net.layer
-               if lp.name != "layer" and lp.name.startswith("b") and lp.name[1:].isdigit()}
-    return net, by_name["layer"], sources
+    srcs = [lp for lp in net.layer
+            if lp.name != "layer" and lp.name.startswith("b") and lp.name[1:].isdigit()]
+    sources = {lp.top[0]: int(lp.name[1:]) for lp in srcs}
+    param_sources = {lp.top[0] for lp in srcs if lp.type == "Parameter"}
+    return net, by_name["layer"], sources, param_sources
 
 
 def _close(actual, expected, what):
@@ -56,7 +58,7 @@ def test_golden_layer(case):
 
     name = case["name"]
     gold = np.load(LAYERS_DIR / (name + ".npz"))
-    _, lp, sources = _load_case(name)
+    _, lp, sources, param_sources = _load_case(name)
     lp.phase = caffe_pb2.Phase.Value(case["phase"])
 
     # Bottoms: one Blob per source, holding Caffe's bottom_i.
@@ -99,8 +101,14 @@ def test_golden_layer(case):
     if not case["backward"]:
         return
 
+    # Zero all parameter diffs, as Caffe's generator did between forward and
+    # backward: the layer's own, and those of Parameter source layers, whose
+    # top shares their blob (so the bottom's diff is zeroed too; this matters
+    # to HingeLoss, which keeps its forward result in the bottom's diff).
     for pb in layer.blobs:
         pb.diff[...] = 0
+    for bname in param_sources:
+        blobs[bname].diff[...] = 0
     for k, t in enumerate(top):
         key = "top_diff_%d" % k
         if key in gold.files:
@@ -114,9 +122,11 @@ def test_golden_layer(case):
         propagate_down = [bool(p) for p in lp.propagate_down]
     else:
         propagate_down = [True] * len(bottom)
-    # Set diffs to garbage so a layer that forgets to write them is caught.
+    # Input-fed bottoms get garbage diffs, so a layer that forgets to write
+    # (overwrite) its bottom diff is caught.
     for bname, b, p in zip(lp.bottom, bottom, propagate_down):
-        if p and "bottom_diff_%d" % sources[bname] in gold.files and all(b is not t for t in top):
+        if (p and bname not in param_sources and "bottom_diff_%d" % sources[bname] in gold.files
+                and all(b is not t for t in top)):
             b.diff[...] = np.nan
     layer.backward(top, propagate_down, bottom)
 
