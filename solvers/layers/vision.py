@@ -1,0 +1,751 @@
+"""Vision layers: Convolution, Deconvolution, Im2col, Pooling, LRN, SPP, Crop.
+
+Convolution is im2col plus one matrix product per group over the whole
+batch (see ``solvers.im2col``); pooling works on strided window views of the
+input. Work buffers and index arrays are kept across calls and rebuilt only
+when a bottom changes shape. None of these layers runs in place.
+"""
+import math
+
+import numpy as np
+
+from solvers.blob import Blob
+from solvers.fillers import fill
+from solvers.im2col import col2im, im2col, out_shape, pad_input
+from solvers.layer import Layer, register_layer
+
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+# ---------------------------------------------------------------------------
+# Convolution geometry, shared by Convolution, Deconvolution and Im2col
+# ---------------------------------------------------------------------------
+
+def _spatial_values(layer, param, name, n, default):
+    """Read kernel_size/pad/stride/dilation: 0, 1 or n repeated values, or the _h/_w pair."""
+    has_h = name != "dilation" and param.HasField(name.split("_")[0] + "_h")
+    has_w = name != "dilation" and param.HasField(name.split("_")[0] + "_w")
+    values = list(getattr(param, name))
+    short = name.split("_")[0]
+    if has_h or has_w:
+        if n != 2:
+            raise layer.error("%s_h/%s_w can only be used for 2-D convolution, this bottom has %d "
+                              "spatial axes" % (short, short, n))
+        if values:
+            raise layer.error("give either %s or %s_h/%s_w, not both" % (name, short, short))
+        return (getattr(param, short + "_h"), getattr(param, short + "_w"))
+    if not values:
+        if default is None:
+            raise layer.error("kernel_size (or kernel_h and kernel_w) is required")
+        return (default,) * n
+    if len(values) == 1:
+        return (values[0],) * n
+    if len(values) != n:
+        raise layer.error("%s has %d values; give 1 or one per spatial axis (%d)" % (name, len(values), n))
+    return tuple(values)
+
+
+class _ConvGeometry:
+    """What Caffe's BaseConvolutionLayer reads from convolution_param."""
+
+    def __init__(self, layer, bottom_blob):
+        p = layer.layer_param.convolution_param
+        self.channel_axis = bottom_blob.canonical_axis(p.axis)
+        self.num_spatial = bottom_blob.num_axes - self.channel_axis - 1
+        if self.num_spatial < 0:
+            raise layer.error("axis %d leaves no channel axis in bottom of shape %s"
+                              % (p.axis, _shape_str(bottom_blob.shape)))
+        n = self.num_spatial
+        self.kernel = _spatial_values(layer, p, "kernel_size", n, None)
+        self.stride = _spatial_values(layer, p, "stride", n, 1)
+        self.pad = _spatial_values(layer, p, "pad", n, 0)
+        self.dilation = _spatial_values(layer, p, "dilation", n, 1)
+        for what, vals in (("kernel size", self.kernel), ("stride", self.stride),
+                           ("dilation", self.dilation)):
+            if any(v <= 0 for v in vals):
+                raise layer.error("%s must be positive, got %s" % (what, vals))
+        self.channels = bottom_blob.shape[self.channel_axis]
+        self.kernel_count = int(np.prod(self.kernel))
+
+    def split(self, layer, blob):
+        """(num, channels, spatial) of a bottom, checked against the set-up shape."""
+        if blob.num_axes != self.channel_axis + 1 + self.num_spatial:
+            raise layer.error("bottom number of axes may not change (set up with %d, got shape %s)"
+                              % (self.channel_axis + 1 + self.num_spatial, _shape_str(blob.shape)))
+        if blob.shape[self.channel_axis] != self.channels:
+            raise layer.error("bottom has %d channels, the layer was set up for %d (shape %s)"
+                              % (blob.shape[self.channel_axis], self.channels, _shape_str(blob.shape)))
+        num = blob.count_range(0, self.channel_axis)
+        return num, tuple(blob.shape[self.channel_axis + 1:])
+
+
+class _BaseConvolution(Layer):
+    """Caffe's BaseConvolutionLayer: parameters, weights and the shared reshape."""
+
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse = False  # Deconvolution swaps the roles of input and output channels
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.geo = g = _ConvGeometry(self, bottom[0])
+        self.num_output = p.num_output
+        if self.num_output <= 0:
+            raise self.error("num_output must be positive")
+        self.group = p.group
+        if self.group <= 0 or g.channels % self.group:
+            raise self.error("input channels (%d) must be a multiple of group (%d)" % (g.channels, self.group))
+        if self.num_output % self.group:
+            raise self.error("num_output (%d) must be a multiple of group (%d)" % (self.num_output, self.group))
+        if self.reverse:
+            out_ch, in_ch = g.channels, self.num_output
+        else:
+            out_ch, in_ch = self.num_output, g.channels
+        shapes = [(out_ch, in_ch // self.group) + tuple(g.kernel)]
+        if p.bias_term:
+            shapes.append((self.num_output,))
+        if len(self.layer_param.blobs):
+            self._load_blobs(shapes)
+        else:
+            self.blobs = [Blob(s) for s in shapes]
+            fill(self.blobs[0], p.weight_filler)
+            if p.bias_term:
+                fill(self.blobs[1], p.bias_filler)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self._key = None
+
+    def _load_blobs(self, shapes):
+        """Weights embedded in the layer's ``blobs`` replace the fillers."""
+        protos = self.layer_param.blobs
+        if len(protos) != len(shapes):
+            raise self.error("layer carries %d parameter blobs, expected %d (weights%s)"
+                             % (len(protos), len(shapes), " and bias" if len(shapes) > 1 else ""))
+        self.blobs = []
+        for j, (proto, shape) in enumerate(zip(protos, shapes)):
+            b = Blob()
+            b.from_proto(proto, name="layer %r blob %d" % (self.name, j))
+            if b.count != int(np.prod(shape)):
+                raise self.error("parameter blob %d has shape %s, expected %s"
+                                 % (j, _shape_str(b.shape), _shape_str(shape)))
+            b.reshape(shape)
+            self.blobs.append(b)
+
+    def reshape(self, bottom, top):
+        g = self.geo
+        num, spatial = g.split(self, bottom[0])
+        for b in bottom[1:]:
+            if b.shape != bottom[0].shape:
+                raise self.error("all bottoms must have the same shape: %s vs %s"
+                                 % (_shape_str(bottom[0].shape), _shape_str(b.shape)))
+        if self.reverse:
+            out_sp = tuple(st * (s - 1) + d * (k - 1) + 1 - 2 * p for s, k, p, st, d in
+                           zip(spatial, g.kernel, g.pad, g.stride, g.dilation))
+        else:
+            out_sp = out_shape(spatial, g.kernel, g.pad, g.stride, g.dilation)
+        if any(o <= 0 for o in out_sp):
+            raise self.error("kernel %s with pad %s, stride %s, dilation %s gives an empty output "
+                             "for a bottom of shape %s" % (g.kernel, g.pad, g.stride, g.dilation,
+                                                           _shape_str(bottom[0].shape)))
+        top_shape = tuple(bottom[0].shape[:g.channel_axis]) + (self.num_output,) + out_sp
+        for t in top:
+            t.reshape(top_shape)
+        key = (num, spatial)
+        if key != self._key:
+            self._key = key
+            self.num, self.in_spatial, self.out_spatial = num, spatial, out_sp
+            self._buffers = {}
+
+    def _buffer(self, xp, name, shape):
+        """A work array kept across calls (dropped when the bottom shape changes)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._buffers[name] = xp.zeros(tuple(shape), dtype=xp.float32)
+        return buf
+
+    def _padded_shape(self, channels, spatial):
+        return (self.num, channels) + tuple(s + 2 * p for s, p in zip(spatial, self.geo.pad))
+
+
+@register_layer("Convolution")
+class ConvolutionLayer(_BaseConvolution):
+    """y = W * x + b, one (group-batched) matmul over im2col columns of the whole batch.
+
+    Weights (num_output, channels/group, *kernel), bias (num_output,).
+    The column matrix of each bottom is kept from forward for backward
+    (Caffe recomputes it; the bottom data has not changed in between).
+    """
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        g, G = self.geo, self.group
+        n, c, m = self.num, g.channels, self.num_output
+        w = self.blobs[0].data.reshape(G, m // G, -1)
+        nopad = (0,) * g.num_spatial
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = b.data.reshape((n, c) + self.in_spatial)
+            if any(g.pad):
+                x = pad_input(x, g.pad, self._buffer(xp, "xpad", self._padded_shape(c, self.in_spatial)))
+            col = im2col(x, g.kernel, nopad, g.stride, g.dilation, out=self._buffers.get("col%d" % i))
+            self._buffers["col%d" % i] = col
+            npix = col.shape[1]
+            y_mat = self._buffer(xp, "mat", (m, npix))
+            xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
+            y = t.data.reshape(n, m, -1)
+            y[...] = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
+            if len(self.blobs) > 1:
+                y += self.blobs[1].data[:, None]
+
+    def backward(self, top, propagate_down, bottom):
+        xp = self.xp_of(top[0])
+        g, G = self.geo, self.group
+        n, c, m = self.num, g.channels, self.num_output
+        w = self.blobs[0].data.reshape(G, m // G, -1)
+        x_shape = (n, c) + self.in_spatial
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.diff.reshape(n, m, -1)
+            if len(self.blobs) > 1 and self.param_propagate_down[1]:
+                self.blobs[1].diff += dy.sum(axis=(0, 2))
+            need_w = self.param_propagate_down[0]
+            if not (need_w or propagate_down[i]):
+                continue
+            col = self._buffers["col%d" % i]
+            npix = col.shape[1]
+            dy_mat = self._buffer(xp, "mat", (m, npix))
+            dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
+            dy_mat = dy_mat.reshape(G, m // G, npix)
+            if need_w:
+                dw = xp.matmul(dy_mat, col.reshape(G, -1, npix).transpose(0, 2, 1))
+                self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
+            if propagate_down[i]:
+                dcol = xp.matmul(w.transpose(0, 2, 1), dy_mat).reshape(c * g.kernel_count, npix)
+                scratch = self._buffer(xp, "dpad", self._padded_shape(c, self.in_spatial)) \
+                    if any(g.pad) else None
+                col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
+                       out=b.diff.reshape(x_shape), pad_buffer=scratch)
+
+
+@register_layer("Deconvolution")
+class DeconvolutionLayer(_BaseConvolution):
+    """The transpose of Convolution (its forward is convolution's input gradient).
+
+    Weights (channels, num_output/group, *kernel); output size
+    stride*(in-1) + dilation*(kernel-1) + 1 - 2*pad.
+    """
+
+    reverse = True
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        g, G = self.geo, self.group
+        n, c, m = self.num, g.channels, self.num_output
+        w = self.blobs[0].data.reshape(G, c // G, -1)
+        y_shape = (n, m) + self.out_spatial
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = b.data.reshape(n, c, -1)
+            npix = n * x.shape[2]
+            x_mat = self._buffer(xp, "x%d" % i, (c, npix))
+            x_mat.reshape(c, n, -1)[...] = x.transpose(1, 0, 2)
+            col = xp.matmul(w.transpose(0, 2, 1), x_mat.reshape(G, c // G, npix))
+            scratch = self._buffer(xp, "ypad", self._padded_shape(m, self.out_spatial)) \
+                if any(g.pad) else None
+            col2im(col.reshape(m * g.kernel_count, npix), y_shape, g.kernel, g.pad, g.stride,
+                   g.dilation, out=t.data.reshape(y_shape), pad_buffer=scratch)
+            if len(self.blobs) > 1:
+                t.data.reshape(n, m, -1)[...] += self.blobs[1].data[:, None]
+
+    def backward(self, top, propagate_down, bottom):
+        xp = self.xp_of(top[0])
+        g, G = self.geo, self.group
+        n, c, m = self.num, g.channels, self.num_output
+        w = self.blobs[0].data.reshape(G, c // G, -1)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.diff.reshape((n, m) + self.out_spatial)
+            if len(self.blobs) > 1 and self.param_propagate_down[1]:
+                self.blobs[1].diff += dy.reshape(n, m, -1).sum(axis=(0, 2))
+            need_w = self.param_propagate_down[0]
+            if not (need_w or propagate_down[i]):
+                continue
+            dcol = im2col(dy, g.kernel, g.pad, g.stride, g.dilation, out=self._buffers.get("dcol"))
+            self._buffers["dcol"] = dcol
+            npix = dcol.shape[1]
+            dcol = dcol.reshape(G, -1, npix)
+            if need_w:
+                x_mat = self._buffers["x%d" % i].reshape(G, c // G, npix)
+                self.blobs[0].diff += xp.matmul(x_mat, dcol.transpose(0, 2, 1)).reshape(self.blobs[0].shape)
+            if propagate_down[i]:
+                dx = xp.matmul(w, dcol).reshape(c, n, -1)
+                b.diff.reshape(n, c, -1)[...] = dx.transpose(1, 0, 2)
+
+
+@register_layer("Im2col")
+class Im2colLayer(Layer):
+    """Caffe's Im2col layer: the column matrix itself, as (N, C*prod(kernel), *out)."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.geo = _ConvGeometry(self, bottom[0])
+
+    def reshape(self, bottom, top):
+        g = self.geo
+        self.num, self.in_spatial = g.split(self, bottom[0])
+        self.out_spatial = out_shape(self.in_spatial, g.kernel, g.pad, g.stride, g.dilation)
+        if any(o <= 0 for o in self.out_spatial):
+            raise self.error("kernel %s with pad %s and stride %s gives an empty output for bottom %s"
+                             % (g.kernel, g.pad, g.stride, _shape_str(bottom[0].shape)))
+        top[0].reshape(tuple(bottom[0].shape[:g.channel_axis]) + (g.channels * g.kernel_count,)
+                       + self.out_spatial)
+
+    def forward(self, bottom, top):
+        g = self.geo
+        rows = g.channels * g.kernel_count
+        col = im2col(bottom[0].data.reshape((self.num, g.channels) + self.in_spatial),
+                     g.kernel, g.pad, g.stride, g.dilation)
+        top[0].data.reshape(self.num, rows, -1)[...] = col.reshape(rows, self.num, -1).transpose(1, 0, 2)
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp_of(top[0])
+        g = self.geo
+        rows = g.channels * g.kernel_count
+        col = xp.ascontiguousarray(top[0].diff.reshape(self.num, rows, -1).transpose(1, 0, 2))
+        shape = (self.num, g.channels) + self.in_spatial
+        col2im(col.reshape(rows, -1), shape, g.kernel, g.pad, g.stride, g.dilation,
+               out=bottom[0].diff.reshape(shape))
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+
+@register_layer("Pooling")
+class PoolingLayer(Layer):
+    """MAX, AVE and STOCHASTIC pooling over 2-D windows, as Caffe sizes them.
+
+    Output size rounds up (CEIL, or FLOOR by round_mode); with padding the
+    last window must start inside the padded input. MAX picks the first
+    maximum of a window (row-major) and may output that index as a second
+    top; AVE divides by the window size counted up to the padded border;
+    STOCHASTIC samples an element with probability proportional to its value
+    in TRAIN and outputs the probability-weighted average in TEST (Caffe
+    only has it on the GPU; here it runs everywhere, with exact gradients).
+    """
+
+    exact_num_bottom = 1
+    min_top = 1
+    max_top = 2
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        P = caffe_pb2.PoolingParameter
+        p = self.layer_param.pooling_param
+        self.method = p.pool
+        if len(top) > 1 and self.method != P.MAX:
+            raise self.error("only MAX pooling has a second top (the argmax mask)")
+        self.global_pooling = p.global_pooling
+        if self.global_pooling:
+            if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
+                raise self.error("with global_pooling: true the kernel size cannot be given")
+        else:
+            if p.HasField("kernel_size") == (p.HasField("kernel_h") or p.HasField("kernel_w")):
+                raise self.error("give the kernel as kernel_size OR kernel_h and kernel_w, not both or none")
+            if not p.HasField("kernel_size") and not (p.HasField("kernel_h") and p.HasField("kernel_w")):
+                raise self.error("for non-square kernels both kernel_h and kernel_w are required")
+        if p.HasField("pad") and (p.HasField("pad_h") or p.HasField("pad_w")):
+            raise self.error("give pad OR pad_h and pad_w, not both")
+        if p.HasField("pad_h") != p.HasField("pad_w"):
+            raise self.error("pad_h and pad_w must be given together")
+        if p.HasField("stride") and (p.HasField("stride_h") or p.HasField("stride_w")):
+            raise self.error("give stride OR stride_h and stride_w, not both")
+        if p.HasField("stride_h") != p.HasField("stride_w"):
+            raise self.error("stride_h and stride_w must be given together")
+        self.pad = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
+        self.stride = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
+        if not self.global_pooling:
+            self.kernel = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size,) * 2
+            if min(self.kernel) <= 0:
+                raise self.error("kernel size must be positive, got %s" % (self.kernel,))
+        elif any(self.pad) or self.stride != (1, 1):
+            raise self.error("with global_pooling: true only pad 0 and stride 1 are allowed")
+        if min(self.stride) <= 0:
+            raise self.error("stride must be positive, got %s" % (self.stride,))
+        if any(self.pad):
+            if self.method not in (P.MAX, P.AVE):
+                raise self.error("padding is implemented only for MAX and AVE pooling")
+            if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
+                raise self.error("pad %s must be smaller than the kernel %s" % (self.pad, self.kernel))
+        self.ceil = p.round_mode == P.CEIL
+        self.P = P
+        self.TRAIN = caffe_pb2.TRAIN
+        self._key = None
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.error("input must have 4 axes (num, channels, height, width), got shape %s"
+                             % _shape_str(bottom[0].shape))
+        n, c, h, w = bottom[0].shape
+        if self.global_pooling:
+            self.kernel = (h, w)
+        out = []
+        for size, k, p, s in zip((h, w), self.kernel, self.pad, self.stride):
+            span = size + 2 * p - k
+            o = (-(-span // s) if self.ceil else span // s) + 1
+            if p and (o - 1) * s >= size + p:
+                o -= 1  # the last window must start inside the image or its top/left pad
+            if o <= 0:
+                raise self.error("kernel %s larger than the padded input %s" % (self.kernel, (h, w)))
+            out.append(o)
+        oh, ow = out
+        for t in top:
+            t.reshape(n, c, oh, ow)
+        key = bottom[0].shape
+        if key != self._key:
+            self._key = key
+            self._build_geometry(bottom[0].xp, n, c, h, w, oh, ow)
+
+    def _build_geometry(self, xp, n, c, h, w, oh, ow):
+        """Padded-buffer size, Caffe's divisors and window-to-input index tables."""
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        self.out_hw = (oh, ow)
+        self.buf_hw = (max(h + 2 * ph, (oh - 1) * sh + kh), max(w + 2 * pw, (ow - 1) * sw + kw))
+        self._buf = None
+        self._dbuf = None
+        # Rows/cols of each window element in the unpadded input: (O, K).
+        rows = (np.arange(oh) * sh - ph)[:, None] + np.arange(kh)[None, :]
+        cols = (np.arange(ow) * sw - pw)[:, None] + np.arange(kw)[None, :]
+        valid = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[None, :, None, :]
+        self._valid = xp.asarray(valid.reshape(oh, ow, kh * kw))
+        # Flat index h*W+w of each window element (clipped where invalid; never chosen then).
+        flat = np.clip(rows, 0, h - 1)[:, None, :, None] * w + np.clip(cols, 0, w - 1)[None, :, None, :]
+        self._flat = xp.asarray(flat.reshape(-1).astype(np.int64))
+        self._window_base = xp.asarray((np.arange(oh * ow, dtype=np.int64) * (kh * kw)).reshape(oh, ow))
+        self._plane = xp.asarray((np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1))
+        # AVE divisor: window clipped to the padded border, padding included.
+        hs = np.minimum(np.arange(oh) * sh - ph + kh, h + ph) - (np.arange(oh) * sh - ph)
+        ws = np.minimum(np.arange(ow) * sw - pw + kw, w + pw) - (np.arange(ow) * sw - pw)
+        self._divisor = xp.asarray(np.outer(hs, ws).astype(np.float32))
+        self.disjoint = sh >= kh and sw >= kw
+        self._argmax = None
+
+    def _windows(self, x, fill_value):
+        """A (N, C, OH, OW, KH*KW) copy of every window; outside the input reads ``fill_value``."""
+        xp = self.xp_of_array(x)
+        n, c, h, w = x.shape
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        hb, wb = self.buf_hw
+        oh, ow = self.out_hw
+        if (hb, wb) != (h, w):
+            if self._buf is None or self._buf_fill != fill_value:
+                self._buf = xp.full((n, c, hb, wb), fill_value, dtype=xp.float32)
+                self._buf_fill = fill_value
+            self._buf[:, :, ph:ph + h, pw:pw + w] = x
+            x = self._buf
+        s = x.strides
+        view = xp.lib.stride_tricks.as_strided(
+            x, shape=(n, c, oh, ow, kh, kw), strides=(s[0], s[1], sh * s[2], sw * s[3], s[2], s[3]),
+            writeable=False)
+        return view.reshape(n, c, oh, ow, kh * kw)
+
+    @staticmethod
+    def xp_of_array(a):
+        from solvers.backend import get_array_module
+        return get_array_module(a)
+
+    def _scatter_windows(self, xp, dwin, bottom_diff):
+        """Add a (N, C, OH, OW, KH, KW) array of window gradients back onto the input."""
+        n, c, h, w = bottom_diff.shape
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
+        hb, wb = self.buf_hw
+        oh, ow = self.out_hw
+        if self._dbuf is None:
+            self._dbuf = xp.empty((n, c, hb, wb), dtype=xp.float32)
+        acc = self._dbuf
+        acc[...] = 0
+        for i in range(kh):
+            for j in range(kw):
+                acc[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += dwin[..., i, j]
+        bottom_diff[...] = acc[:, :, ph:ph + h, pw:pw + w]
+
+    def _scatter_index(self, xp, index, values, bottom_diff):
+        """bottom_diff[index] += values over flat input indices (MAX and STOCHASTIC TRAIN)."""
+        if self.disjoint:
+            flat = bottom_diff.reshape(-1)
+            flat[...] = 0
+            flat[index.reshape(-1)] = values.reshape(-1)
+        else:
+            summed = xp.bincount(index.reshape(-1), weights=values.reshape(-1), minlength=bottom_diff.size)
+            bottom_diff.reshape(-1)[...] = summed
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data
+        P = self.P
+        if self.method == P.MAX:
+            win = self._windows(x, -np.inf)
+            arg = win.argmax(axis=-1)[..., None]
+            top[0].data[...] = xp.take_along_axis(win, arg, axis=-1)[..., 0]
+            self._set_argmax(xp, arg[..., 0], top)
+        elif self.method == P.AVE:
+            win = self._windows(x, 0.0)
+            top[0].data[...] = win.sum(axis=-1) / self._divisor
+        elif self.method == P.STOCHASTIC:
+            win = self._windows(x, 0.0)
+            if self.phase == self.TRAIN:  # sample one element per window
+                cums = xp.cumsum(win, axis=-1)
+                u = xp.asarray(_rng_uniform(cums.shape[:-1]))
+                thresh = (u * cums[..., -1])[..., None]
+                arg = ((cums >= thresh) & self._valid).argmax(axis=-1)[..., None]
+                top[0].data[...] = xp.take_along_axis(win, arg, axis=-1)[..., 0]
+                self._set_argmax(xp, arg[..., 0], top)
+            else:  # TEST: sum(x^2) / sum(x), the expectation of the TRAIN sample
+                self._win = win
+                self._sum = FLT_MIN + win.sum(axis=-1)
+                top[0].data[...] = (win * win).sum(axis=-1) / self._sum
+        else:
+            raise self.error("unknown pooling method %d" % self.method)
+
+    def _set_argmax(self, xp, arg, top):
+        """Remember the chosen input element of each window (Caffe's mask, h * W + w)."""
+        flat = self._flat[self._window_base + arg]
+        self._argmax = flat + self._plane
+        if len(top) > 1:
+            top[1].data[...] = flat
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp_of(top[0])
+        dy = top[0].diff
+        P = self.P
+        if self.method == P.MAX or (self.method == P.STOCHASTIC and self.phase == self.TRAIN):
+            self._scatter_index(xp, self._argmax, dy, bottom[0].diff)
+            return
+        kh, kw = self.kernel
+        if self.method == P.AVE:
+            g = dy / self._divisor
+            dwin = xp.broadcast_to(g[..., None, None], g.shape + (kh, kw))
+        else:  # STOCHASTIC TEST: d/dx_i [sum x^2 / sum x] = (2 x_i - y) / sum x
+            y = top[0].data
+            dwin = (dy / self._sum)[..., None] * (2 * self._win - y[..., None])
+            dwin = dwin.reshape(dwin.shape[:-1] + (kh, kw))
+        self._scatter_windows(xp, dwin, bottom[0].diff)
+
+
+def _rng_uniform(shape):
+    from solvers.rng import get_rng
+    return get_rng().random(size=shape, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# LRN
+# ---------------------------------------------------------------------------
+
+@register_layer("LRN")
+class LRNLayer(Layer):
+    """Local response normalisation, y = x * scale^-beta.
+
+    ACROSS_CHANNELS: scale = k + alpha/n * (sum of x^2 over n neighbouring
+    channels). WITHIN_CHANNEL: scale = 1 + alpha/n^2 * (sum of x^2 over an
+    n x n spatial neighbourhood, zero-padded) — Caffe builds this one from
+    Power and AVE Pooling layers, which is what these formulas reproduce.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
+        p = self.layer_param.lrn_param
+        self.size = p.local_size
+        if self.size % 2 != 1:
+            raise self.error("local_size must be odd, got %d" % self.size)
+        self.alpha, self.beta, self.k = p.alpha, p.beta, p.k
+        self.across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+        self.pre_pad = (self.size - 1) // 2
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.error("input must have 4 axes (num, channels, height, width), got shape %s"
+                             % _shape_str(bottom[0].shape))
+        top[0].reshape_like(bottom[0])
+
+    def _window_sum(self, xp, a):
+        """Sum of ``a`` over each element's neighbourhood (zero outside)."""
+        n, c, h, w = a.shape
+        r = self.pre_pad
+        if self.across:
+            padded = xp.zeros((n, c + 2 * r, h, w), dtype=xp.float32)
+            padded[:, r:r + c] = a
+            out = padded[:, 0:c].copy()
+            for i in range(1, self.size):
+                out += padded[:, i:i + c]
+            return out
+        padded = xp.zeros((n, c, h + 2 * r, w + 2 * r), dtype=xp.float32)
+        padded[:, :, r:r + h, r:r + w] = a
+        rows = padded[:, :, 0:h].copy()
+        for i in range(1, self.size):
+            rows += padded[:, :, i:i + h]
+        out = rows[..., 0:w].copy()
+        for j in range(1, self.size):
+            out += rows[..., j:j + w]
+        return out
+
+    def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
+        x = bottom[0].data
+        box = self._window_sum(xp, x * x)
+        if self.across:
+            self.scale = self.k + (self.alpha / self.size) * box
+        else:
+            self.scale = 1.0 + (self.alpha / (self.size * self.size)) * box
+        self.scale = self.scale.astype(xp.float32, copy=False)
+        top[0].data[...] = x * self.scale ** -self.beta
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        xp = self.xp_of(top[0])
+        x, y, dy = bottom[0].data, top[0].data, top[0].diff
+        n_window = self.size if self.across else self.size * self.size
+        acc = self._window_sum(xp, dy * y / self.scale)
+        bottom[0].diff[...] = dy * self.scale ** -self.beta \
+            - (2.0 * self.alpha * self.beta / n_window) * x * acc
+
+
+# ---------------------------------------------------------------------------
+# SPP
+# ---------------------------------------------------------------------------
+
+@register_layer("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: level l pools into 2^l x 2^l bins, all flattened and joined.
+
+    With pyramid_height 1 the top is the single (N, C, 1, 1) pooling output,
+    as in Caffe; otherwise (N, C * sum of bins).
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        self.height = self.layer_param.spp_param.pyramid_height
+        if self.height <= 0:
+            raise self.error("spp_param.pyramid_height must be positive")
+        self._key = None
+
+    def _pooling_param(self, level, h, w):
+        from netspec import caffe_pb2
+        lp = caffe_pb2.LayerParameter(name="%s_pool%d" % (self.name, level), type="Pooling",
+                                      phase=self.phase)
+        bins = 2 ** level
+        pp = lp.pooling_param
+        kh, kw = -(-h // bins), -(-w // bins)
+        pp.kernel_h, pp.kernel_w = kh, kw
+        pp.stride_h, pp.stride_w = kh, kw
+        pp.pad_h, pp.pad_w = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        pp.pool = self.layer_param.spp_param.pool
+        return lp
+
+    def reshape(self, bottom, top):
+        if bottom[0].num_axes != 4:
+            raise self.error("input must have 4 axes (num, channels, height, width), got shape %s"
+                             % _shape_str(bottom[0].shape))
+        n, c, h, w = bottom[0].shape
+        if bottom[0].shape != self._key:
+            self._key = bottom[0].shape
+            self.pools = [PoolingLayer(self._pooling_param(i, h, w)) for i in range(self.height)]
+            self.outs = [Blob() for _ in self.pools]
+            self._scratch = Blob(bottom[0].shape)
+            for pool, out in zip(self.pools, self.outs):
+                pool.setup(bottom, [out])
+        if self.height == 1:
+            self.pools[0].reshape(bottom, top)
+            return
+        for pool, out in zip(self.pools, self.outs):
+            pool.reshape(bottom, [out])
+        self.widths = [out.count // n for out in self.outs]
+        top[0].reshape(n, sum(self.widths))
+
+    def forward(self, bottom, top):
+        if self.height == 1:
+            self.pools[0].forward(bottom, top)
+            return
+        n = bottom[0].shape[0]
+        start = 0
+        for pool, out, width in zip(self.pools, self.outs, self.widths):
+            pool.forward(bottom, [out])
+            top[0].data[:, start:start + width] = out.data.reshape(n, width)
+            start += width
+
+    def backward(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.height == 1:
+            self.pools[0].backward(top, propagate_down, bottom)
+            return
+        n = bottom[0].shape[0]
+        start = 0
+        scratch = self._scratch
+        for level, (pool, out, width) in enumerate(zip(self.pools, self.outs, self.widths)):
+            out.diff[...] = top[0].diff[:, start:start + width].reshape(out.shape)
+            start += width
+            target = bottom[0] if level == 0 else scratch
+            pool.backward([out], [True], [target])
+            if level:
+                bottom[0].diff += scratch.diff
+
+
+# ---------------------------------------------------------------------------
+# Crop
+# ---------------------------------------------------------------------------
+
+@register_layer("Crop")
+class CropLayer(Layer):
+    """Crop bottom[0] to bottom[1]'s shape on the axes from ``axis`` on, at ``offset``."""
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        p = self.layer_param.crop_param
+        a, b = bottom[0], bottom[1]
+        if a.num_axes != b.num_axes:
+            raise self.error("bottoms must have the same number of axes: %s vs %s"
+                             % (_shape_str(a.shape), _shape_str(b.shape)))
+        axis = a.canonical_axis(p.axis)
+        offsets = list(p.offset)
+        if len(offsets) > 1 and axis + len(offsets) != a.num_axes:
+            raise self.error("crop_param gives %d offsets; need 1 or one per axis from %d on (%d)"
+                             % (len(offsets), axis, a.num_axes - axis))
+        shape, slices = [], []
+        for i in range(a.num_axes):
+            off, size = 0, a.shape[i]
+            if i >= axis:
+                off = offsets[0] if len(offsets) == 1 else (offsets[i - axis] if offsets else 0)
+                size = b.shape[i]
+            if a.shape[i] - off < b.shape[i]:
+                raise self.error("cannot crop axis %d: bottom[0] size %d minus offset %d is smaller than "
+                                 "bottom[1] size %d (shapes %s and %s)"
+                                 % (i, a.shape[i], off, b.shape[i], _shape_str(a.shape), _shape_str(b.shape)))
+            shape.append(size)
+            slices.append(slice(off, off + size))
+        self.slices = tuple(slices)
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self.slices]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 0
+            bottom[0].diff[self.slices] = top[0].diff
