@@ -9,6 +9,7 @@ what was expected, what the file seems to hold) and every write is atomic
 """
 
 import difflib
+import math
 import os
 import re
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import message as pb_message
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf import text_format
 
 from netspec import caffe_pb2
@@ -186,6 +188,30 @@ def _suggestion(message):
     return None
 
 
+def _unclosed_brace_hint(text):
+    """When the file ends inside a block, say where the unclosed block opened."""
+    stack = []
+    for number, line in enumerate(text.splitlines(), 1):
+        in_string = None
+        for col, ch in enumerate(line, 1):
+            if in_string:
+                if ch == in_string:
+                    in_string = None
+                continue
+            if ch in "\"'":
+                in_string = ch
+            elif ch == "#":
+                break
+            elif ch in "{<":
+                stack.append((number, col))
+            elif ch in "}>" and stack:
+                stack.pop()
+    if stack:
+        number, col = stack[-1]
+        return f"the file ends inside the block opened at line {number}, column {col}: a '}}' is missing"
+    return None
+
+
 def _format_parse_error(error, text, filename):
     """Turn protobuf's ParseError into 'FILE:LINE:COL: message', the line and a caret."""
     line = error.GetLine() if hasattr(error, "GetLine") else None
@@ -202,7 +228,7 @@ def _format_parse_error(error, text, filename):
         source = lines[line - 1].replace("\t", " ")
         parts.append("    " + source)
         parts.append("    " + " " * (col - 1) + "^")
-    hint = _suggestion(detail)
+    hint = _suggestion(detail) or _unclosed_brace_hint(text)
     if hint:
         parts.append(hint)
     return "\n".join(parts)
@@ -236,8 +262,51 @@ def read_text(path, message_class):
     return parse_text(data, message_class, filename=os.fspath(path))
 
 
+def _format_real(value, single):
+    """Shortest of %.6g/%.9g (float) or %.15g/%.17g (double) that reads back exactly.
+
+    This is how Caffe's C++ protobuf prints numbers ("lr_mult: 1",
+    "scale: 0.00392156886"); Python's default would print "1.0".
+    """
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    short, full = ("%.6g", "%.9g") if single else ("%.15g", "%.17g")
+    text = short % value
+    if single:
+        exact = float(np.float32(float(text))) == float(np.float32(value))
+    else:
+        exact = float(text) == value
+    return text if exact else full % value
+
+
+try:
+    _BasePrinter = text_format._Printer  # pylint: disable=protected-access
+
+    class _CaffePrinter(_BasePrinter):
+        """protobuf's text printer with C++-style numbers (private base class, checked below)."""
+
+        def PrintFieldValue(self, field, value):
+            if field.cpp_type == FieldDescriptor.CPPTYPE_FLOAT:
+                self.out.write(_format_real(value, single=True))
+            elif field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE:
+                self.out.write(_format_real(value, single=False))
+            else:
+                super().PrintFieldValue(field, value)
+except AttributeError:  # a protobuf without the private printer: fall back to its own format
+    _CaffePrinter = None
+
+
 def to_text(message):
     """The text form of a message, as Caffe's WriteProtoToTextFile prints it."""
+    if _CaffePrinter is not None:
+        try:
+            out = text_format.TextWriter(False)
+            _CaffePrinter(out).PrintMessage(message)
+            return out.getvalue()
+        except TypeError:  # private API changed its signature
+            pass
     return text_format.MessageToString(message)
 
 
@@ -273,13 +342,12 @@ def _looks_like_text(data):
     head = data[:4096]
     try:
         decoded = head.decode("utf-8")
-    except UnicodeDecodeError:
-        # a cut in the middle of a multi-byte character at the end is fine
-        try:
-            decoded = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
+        # a multi-byte character cut by the 4096-byte window is still text
+        if len(data) <= len(head) or e.start < len(head) - 3:
             return False
-    return all(c.isprintable() or c in "\t\n\r\f\v" for c in decoded)
+        decoded = head[:e.start].decode("utf-8")
+    return bool(decoded) and all(c.isprintable() or c in "\t\n\r\f\v" for c in decoded)
 
 
 def guess_binary_type(data):
@@ -290,6 +358,71 @@ def guess_binary_type(data):
         if message is not None and clean:
             names.append(_type_name(cls))
     return names
+
+
+def _read_varint(data, pos):
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data):
+            raise IndexError("varint runs past the end")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _scan_top_level(data):
+    """Walk the top-level wire format: ([(field number, wire type)], problem or None)."""
+    fields, pos = [], 0
+    while pos < len(data):
+        start = pos
+        try:
+            tag, pos = _read_varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if number == 0 or wire not in (0, 1, 2, 5):
+                return fields, f"byte {start} holds no valid field tag"
+            if wire == 0:
+                _, pos = _read_varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                length, pos = _read_varint(data, pos)
+                pos += length
+        except (IndexError, ValueError):
+            return fields, f"the field starting at byte {start} is cut off by the end of the file"
+        if pos > len(data):
+            return fields + [(number, wire)], (
+                f"field #{number} starting at byte {start} needs {pos - start} bytes "
+                f"but only {len(data) - start} remain: the file is cut short")
+        fields.append((number, wire))
+    return fields, None
+
+
+def _wire_types(field):
+    fd = field
+    if fd.type in (fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE):
+        wires = {2}
+    elif fd.type in (fd.TYPE_DOUBLE, fd.TYPE_FIXED64, fd.TYPE_SFIXED64):
+        wires = {1}
+    elif fd.type in (fd.TYPE_FLOAT, fd.TYPE_FIXED32, fd.TYPE_SFIXED32):
+        wires = {5}
+    else:
+        wires = {0}
+    if fd.is_repeated:
+        wires.add(2)  # packed
+    return wires
+
+
+def _fits(fields, message_class):
+    by_number = message_class.DESCRIPTOR.fields_by_number
+    return bool(fields) and all(n in by_number and w in _wire_types(by_number[n])
+                                for n, w in fields)
 
 
 def _what_it_holds(data, expected):
@@ -303,8 +436,20 @@ def _what_it_holds(data, expected):
     others = [n for n in guess_binary_type(data) if n != _type_name(expected)]
     if others:
         return "it parses as " + " or ".join(others) + " instead"
-    return ("no Caffe message parses it: the file is truncated, corrupt or not a Caffe "
-            "binary file")
+    fields, problem = _scan_top_level(data)
+    shapes = [_type_name(c) for c in BINARY_CANDIDATES if _fits(fields, c)]
+    if problem and shapes:
+        m = re.search(r"field #(\d+)", problem)
+        field = BINARY_CANDIDATES[[_type_name(c) for c in BINARY_CANDIDATES].index(shapes[0])] \
+            .DESCRIPTOR.fields_by_number.get(int(m.group(1))) if m else None
+        if field is not None:
+            problem = problem.replace(m.group(0), f"{m.group(0)} ({field.name})", 1)
+        return f"it seems to hold a {' or '.join(shapes)}, but {problem}"
+    if problem:
+        return f"{problem}; it is corrupt or not a Caffe binary file"
+    if shapes:
+        return f"its fields look like a {' or '.join(shapes)}, but their contents are corrupt"
+    return "no Caffe message parses it: it is corrupt or not a Caffe binary file"
 
 
 def parse_binary(data, message_class, filename="<bytes>"):
@@ -355,11 +500,12 @@ def _looks_like_inline_text(value):
         and not os.path.exists(value)
 
 
-def read_net(path_or_text):
+def read_net(path_or_text, upgrade=True):
     """A NetParameter from a prototxt path, a binary caffemodel path or prototxt text.
 
     Legacy formats (V0/V1 layers, input fields, old data and BatchNorm params)
-    are upgraded as Caffe's ReadNetParamsFrom*FileOrDie do.
+    are upgraded as Caffe's ReadNetParamsFrom*FileOrDie do; ``upgrade=False``
+    gives the message exactly as stored (the upgrade tools need that).
     """
     from netspec.upgrade import upgrade_net
 
@@ -375,11 +521,12 @@ def read_net(path_or_text):
             net = parse_binary(data, caffe_pb2.NetParameter, filename=path)
         else:
             net = parse_text(data, caffe_pb2.NetParameter, filename=path)
-    upgrade_net(net)
+    if upgrade:
+        upgrade_net(net)
     return net
 
 
-def read_solver(path):
+def read_solver(path, upgrade=True):
     """A SolverParameter from a solver prototxt, with the old solver_type upgraded."""
     from netspec.upgrade import upgrade_solver
 
@@ -387,7 +534,8 @@ def read_solver(path):
         solver = parse_text(path, caffe_pb2.SolverParameter, filename="<solver text>")
     else:
         solver = read_text(path, caffe_pb2.SolverParameter)
-    upgrade_solver(solver)
+    if upgrade:
+        upgrade_solver(solver)
     return solver
 
 

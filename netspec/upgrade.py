@@ -188,15 +188,18 @@ _DATA_LAYER_PARAMS = {"DATA": "data_param", "IMAGE_DATA": "image_data_param",
 
 
 def _note(notes, text):
-    log.info("%s", text)
+    """Report a step: to the caller's list when given, else to the log."""
     if notes is not None:
         notes.append(text)
+    else:
+        log.info("%s", text)
 
 
 def _problem(notes, text):
-    log.warning("%s", text)
     if notes is not None:
         notes.append("warning: " + text)
+    else:
+        log.warning("%s", text)
 
 
 def _v1_type_name(layer):
@@ -206,7 +209,7 @@ def _v1_type_name(layer):
 def _set_field(message, field, value):
     """Set ``message.field`` from a value or a sub-message; append if the field is repeated."""
     desc = message.DESCRIPTOR.fields_by_name[field]
-    if desc.label == desc.LABEL_REPEATED:
+    if desc.is_repeated:
         getattr(message, field).append(value)
     elif desc.message_type is not None:
         getattr(message, field).CopyFrom(value)
