@@ -29,6 +29,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from netspec import caffe_pb2
+from netspec.descriptor_compat import is_repeated
 from netspec.errors import NetSpecError
 
 TRAIN = caffe_pb2.TRAIN
@@ -161,7 +162,7 @@ def assign_field(message, name, value, where):
                               ", ".join(message.DESCRIPTOR.fields_by_name)))
     is_message = field.type == FieldDescriptor.TYPE_MESSAGE
     try:
-        if field.is_repeated:
+        if is_repeated(field):
             items = list(value) if isinstance(value, (list, tuple)) else [value]
             container = getattr(message, name)
             for item in items:

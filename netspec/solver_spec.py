@@ -7,14 +7,10 @@ rules (lists for repeated fields, dicts or messages for messages, enums by
 name or number: ``solver_mode='CPU'``). The plain bindings work as well:
 ``s = caffe_pb2.SolverParameter(); s.base_lr = 0.01; str(s)``.
 """
-import os
-import tempfile
-
-from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from netspec import caffe_pb2
-from netspec.errors import NetSpecError, ProtoError
+from netspec import caffe_pb2, io
+from netspec.errors import NetSpecError
 from netspec.net_spec import Function, NetSpec, Top, _suggest, assign_field
 
 # Names Caffe's solver registry and lr policies accept (solver_factory.cpp,
@@ -79,28 +75,14 @@ def to_prototxt(message):
     """Text format, as Caffe and pycaffe's ``str(message)`` write it."""
     if not isinstance(message, Message):
         raise NetSpecError("to_prototxt takes a protobuf message, got %s" % type(message).__name__)
-    return text_format.MessageToString(message)
+    return io.to_text(message)
 
 
 def write_prototxt(message, path):
-    """Write ``message`` as text to ``path`` atomically (temp file + os.replace)."""
-    path = os.fspath(path)
-    text = to_prototxt(message)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise ProtoError("cannot write %s (resolved: %s): %s" % (path, os.path.abspath(path), e)) from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write ``message`` as text to ``path`` atomically (netspec.io: temp file + os.replace)."""
+    if not isinstance(message, Message):
+        raise NetSpecError("write_prototxt takes a protobuf message, got %s" % type(message).__name__)
+    io.write_text(message, path)
     return path
 
 
