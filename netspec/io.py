@@ -172,6 +172,11 @@ def _suggestion(message):
             close = difflib.get_close_matches(m.group(2), names, n=3, cutoff=0.6)
             if close:
                 return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+            for other in (caffe_pb2.NetParameter, caffe_pb2.SolverParameter,
+                          caffe_pb2.LayerParameter):
+                if other.DESCRIPTOR is not desc and m.group(2) in other.DESCRIPTOR.fields_by_name:
+                    return (f"{m.group(2)!r} is a field of {other.DESCRIPTOR.name}, not of "
+                            f"{desc.name}: is this the wrong kind of file, or a misplaced brace?")
             return "valid fields of " + desc.name + ": " + ", ".join(sorted(names))
     m = _NO_ENUM_VALUE.search(message)
     if m:
@@ -404,6 +409,14 @@ def _scan_top_level(data):
     return fields, None
 
 
+def _is_repeated(field):
+    """FieldDescriptor.is_repeated (protobuf >= 5.28) or the older label."""
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
 def _wire_types(field):
     fd = field
     if fd.type in (fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE):
@@ -414,7 +427,7 @@ def _wire_types(field):
         wires = {5}
     else:
         wires = {0}
-    if fd.is_repeated:
+    if _is_repeated(fd):
         wires.add(2)  # packed
     return wires
 

@@ -209,7 +209,10 @@ def _v1_type_name(layer):
 def _set_field(message, field, value):
     """Set ``message.field`` from a value or a sub-message; append if the field is repeated."""
     desc = message.DESCRIPTOR.fields_by_name[field]
-    if desc.is_repeated:
+    repeated = getattr(desc, "is_repeated", None)
+    if repeated is None:  # protobuf before 5.28
+        repeated = desc.label == desc.LABEL_REPEATED
+    if repeated:
         getattr(message, field).append(value)
     elif desc.message_type is not None:
         getattr(message, field).CopyFrom(value)
