@@ -24,10 +24,8 @@ def mnist_datums(images, labels):
         yield b"%08d" % i, datum.SerializeToString()
 
 
-def convert_mnist(images_path, labels_path, db_path, overwrite=False, progress=None,
-                  batch_size=1000):
-    """Write the LMDB ``db_path`` from an IDX image/label pair; returns the record count."""
-    images, labels = read_mnist(images_path, labels_path)
+def write_mnist_lmdb(images, labels, db_path, overwrite=False, progress=None, batch_size=1000):
+    """Write uint8 images (N, rows, cols) and labels (N,) as an LMDB; returns the record count."""
     n = images.shape[0]
     bar = Progress(n, "images") if progress is None else progress
     with LMDBWriter(db_path, overwrite=overwrite, batch_size=batch_size) as db:
@@ -38,3 +36,10 @@ def convert_mnist(images_path, labels_path, db_path, overwrite=False, progress=N
     bar.update(n)
     bar.done("%s: %d images of %dx%d written" % (db_path, n, images.shape[1], images.shape[2]))
     return n
+
+
+def convert_mnist(images_path, labels_path, db_path, overwrite=False, progress=None,
+                  batch_size=1000):
+    """Write the LMDB ``db_path`` from an IDX image/label pair; returns the record count."""
+    images, labels = read_mnist(images_path, labels_path)
+    return write_mnist_lmdb(images, labels, db_path, overwrite, progress, batch_size)
