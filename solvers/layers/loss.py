@@ -116,6 +116,12 @@ class _LabelledSoftmax:
                 % (self.axis, bottom[0].shape, self.outer * self.inner, self.outer, self.inner,
                    bottom[1].shape))
 
+    def keep_prob_buffer(self, blob):
+        """A buffer for the probabilities, of the bottom's shape and dtype, reused across calls."""
+        prob = getattr(self, "prob", None)
+        if prob is None or prob.shape != blob.data.shape or prob.dtype != blob.data.dtype:
+            self.prob = self.xp_of(blob).empty_like(blob.data)
+
     def read_labels(self, label_blob):
         """(labels safe to index with, valid mask or None), labels shaped (outer, inner)."""
         xp = self.xp_of(label_blob)
@@ -143,21 +149,19 @@ class SoftmaxWithLossLayer(_LabelledSoftmax, LossLayer):
     max_top = 2
 
     def layer_setup(self, bottom, top):
-        from solvers.blob import Blob
         self.setup_labels(self.layer_param.loss_param)
         self.normalization = normalization_mode(self.layer_param.loss_param)
-        self.prob = Blob(xp=bottom[0].xp)
 
     def reshape(self, bottom, top):
         LossLayer.reshape(self, bottom, top)
         self.reshape_labels(bottom, self.layer_param.softmax_param.axis)
-        self.prob.reshape_like(bottom[0])
+        self.keep_prob_buffer(bottom[0])
         if len(top) > 1:
             top[1].reshape_like(bottom[0])
 
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
-        prob = softmax(bottom[0].data, self.axis, out=self.prob.data)
+        prob = softmax(bottom[0].data, self.axis, out=self.prob)
         p3 = prob.reshape(self.outer, self.channels, self.inner)
         label, valid = self.read_labels(bottom[1])
         picked = xp.take_along_axis(p3, label[:, None, :], axis=1)[:, 0, :]
@@ -178,7 +182,7 @@ class SoftmaxWithLossLayer(_LabelledSoftmax, LossLayer):
             return
         xp = self.xp_of(bottom[0])
         diff = bottom[0].diff
-        xp.copyto(diff, self.prob.data)
+        xp.copyto(diff, self.prob)
         d3 = diff.reshape(self.outer, self.channels, self.inner)
         rows = xp.arange(self.outer)[:, None]
         cols = xp.arange(self.inner)[None, :]
@@ -208,14 +212,12 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         return bottom_index == 0
 
     def layer_setup(self, bottom, top):
-        from solvers.blob import Blob
         lp = self.layer_param.loss_param
         if lp.HasField("normalize"):
             raise self.error('loss_param.normalize is deprecated for InfogainLoss (Caffe refuses it); '
                              'use loss_param.normalization instead')
         self.setup_labels(lp)
         self.normalization = lp.normalization
-        self.prob = Blob(xp=bottom[0].xp)
         self.infogain = None
         if len(bottom) < 3:
             self.infogain = self._read_source(bottom[0].xp)
@@ -252,13 +254,13 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         if h.count != self.channels * self.channels:
             raise self.error("infogain matrix H must hold %d x %d values (classes along axis %d), "
                              "it has shape %s" % (self.channels, self.channels, self.axis, h.shape))
-        self.prob.reshape_like(bottom[0])
+        self.keep_prob_buffer(bottom[0])
         if len(top) > 1:
             top[1].reshape_like(bottom[0])
 
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
-        prob = softmax(bottom[0].data, self.axis, out=self.prob.data)
+        prob = softmax(bottom[0].data, self.axis, out=self.prob)
         p3 = prob.reshape(self.outer, self.channels, self.inner)
         label, valid = self.read_labels(bottom[1])
         h_rows = self._h(bottom)[label]                     # (outer, inner, C)
@@ -279,7 +281,7 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         if not propagate_down[0]:
             return
         h = self._h(bottom)
-        p3 = self.prob.data.reshape(self.outer, self.channels, self.inner)
+        p3 = self.prob.reshape(self.outer, self.channels, self.inner)
         row_sums = h.sum(axis=1)[self._label]               # (outer, inner)
         d3 = bottom[0].diff.reshape(self.outer, self.channels, self.inner)
         d3[...] = p3 * row_sums[:, None, :] - h[self._label].transpose(0, 2, 1)

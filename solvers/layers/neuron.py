@@ -289,9 +289,8 @@ class ThresholdLayer(NeuronLayer):
     """y = 1 if x > threshold else 0. Like Caffe, it has no gradient."""
 
     def forward(self, bottom, top):
-        xp = self.xp_of(bottom[0])
         t = self.layer_param.threshold_param.threshold
-        xp.greater(bottom[0].data, t, out=top[0].data, casting="unsafe")
+        top[0].data[...] = bottom[0].data > t
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
