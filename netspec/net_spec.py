@@ -22,6 +22,7 @@ Caffe later refuses the file: unknown keywords and layer types raise
 blob raise; unconsumed inputs warn (see ``check_net``).
 """
 import difflib
+import numbers
 import warnings
 from collections import Counter, OrderedDict
 
@@ -221,8 +222,9 @@ class Function:
         params = dict(params)
         self.ntop = params.pop("ntop", 1)
         self.in_place = params.pop("in_place", False)
-        if not isinstance(self.ntop, int) or isinstance(self.ntop, bool) or self.ntop < 0:
+        if not isinstance(self.ntop, numbers.Integral) or isinstance(self.ntop, bool) or self.ntop < 0:
             raise NetSpecError("%s layer: ntop must be a count >= 0, got %r" % (type_name, self.ntop))
+        self.ntop = int(self.ntop)
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
                 hint = ""

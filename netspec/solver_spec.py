@@ -72,7 +72,7 @@ def check_solver(param):
 
 
 def to_prototxt(message):
-    """Text format, as Caffe and pycaffe's ``str(message)`` write it."""
+    """Text format as Caffe writes it (netspec.io.to_text); parses like ``str(message)``."""
     if not isinstance(message, Message):
         raise NetSpecError("to_prototxt takes a protobuf message, got %s" % type(message).__name__)
     return io.to_text(message)
