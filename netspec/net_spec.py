@@ -130,7 +130,13 @@ def _enum_value(field, value, where):
     return value
 
 
+def _plain(value):
+    """NumPy arrays and scalars as Python lists and numbers."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, Message) else value
+
+
 def _scalar(field, value, where):
+    value = _plain(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
         return _enum_value(field, value, where)
     return value
@@ -162,6 +168,7 @@ def assign_field(message, name, value, where):
                               _suggest(name, message.DESCRIPTOR.fields_by_name),
                               ", ".join(message.DESCRIPTOR.fields_by_name)))
     is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+    value = _plain(value)
     try:
         if is_repeated(field):
             items = list(value) if isinstance(value, (list, tuple)) else [value]

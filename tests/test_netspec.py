@@ -364,3 +364,12 @@ def test_unconsumed_input_warns_with_its_name():
     assert "'label' (layer 'data', type DummyData)" in message and "'data' (" not in message
     n.loss = L.SoftmaxWithLoss(n.fc, n.label)
     quiet(n.to_proto)  # everything consumed: no warning
+
+
+def test_numpy_values_are_plain_values():
+    np = pytest.importorskip("numpy")
+    top = L.InnerProduct(L.Input(shape=dict(dim=np.array([2, 3]))), num_output=np.int64(4),
+                         weight_filler=dict(std=np.float32(0.5)), loss_weight=np.array([0.5]))
+    ip = quiet(to_proto, top).layer[1]
+    assert ip.inner_product_param.num_output == 4 and list(ip.loss_weight) == [0.5]
+    assert ip.inner_product_param.weight_filler.std == 0.5
