@@ -391,9 +391,9 @@ def check_net(net):
     """
     producers = {}
     for layer in net.layer:
-        for top in layer.top:
-            if top in layer.bottom:
-                continue  # in place: rewrites the blob it reads
+        for i, top in enumerate(layer.top):
+            if i < len(layer.bottom) and layer.bottom[i] == top:
+                continue  # in place (Caffe's rule: top i is bottom i): rewrites the blob it reads
             for other in producers.get(top, []):
                 if _phases(other) & _phases(layer):
                     raise NetSpecError(

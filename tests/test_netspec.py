@@ -342,6 +342,15 @@ def test_two_layers_writing_one_top_is_an_error_naming_both():
     assert "'ReLU1'" in text and "Sigmoid" in text and "ReLU" in text
 
 
+def test_in_place_means_top_i_is_bottom_i_as_in_caffe():
+    n = NetSpec()
+    n.a = L.Input(shape=dict(dim=[1, 2]))
+    n.b = L.Input(shape=dict(dim=[1, 2]))
+    n.c = L.Eltwise(n.a, n.b, top="b", ntop=0)  # writes 'b' from position 0: not in place
+    with pytest.raises(NetSpecError, match="'b'"):
+        n.to_proto()
+
+
 def test_same_top_in_different_phases_is_allowed():
     n = NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 2]), include=dict(phase=TRAIN))
