@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
 from solvers.im2col import col2im, im2col, out_shape, pad_input
@@ -160,11 +161,11 @@ class _BaseConvolution(Layer):
             self.num, self.in_spatial, self.out_spatial = num, spatial, out_sp
             self._buffers = {}
 
-    def _buffer(self, xp, name, shape):
-        """A work array kept across calls (dropped when the bottom shape changes)."""
+    def _buffer(self, like, name, shape):
+        """A zeroed work array of ``like``'s dtype, kept until the bottom shape changes."""
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != tuple(shape):
-            buf = self._buffers[name] = xp.zeros(tuple(shape), dtype=xp.float32)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != like.dtype:
+            buf = self._buffers[name] = get_array_module(like).zeros(tuple(shape), dtype=like.dtype)
         return buf
 
     def _padded_shape(self, channels, spatial):
@@ -189,11 +190,11 @@ class ConvolutionLayer(_BaseConvolution):
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape((n, c) + self.in_spatial)
             if any(g.pad):
-                x = pad_input(x, g.pad, self._buffer(xp, "xpad", self._padded_shape(c, self.in_spatial)))
+                x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(c, self.in_spatial)))
             col = im2col(x, g.kernel, nopad, g.stride, g.dilation, out=self._buffers.get("col%d" % i))
             self._buffers["col%d" % i] = col
             npix = col.shape[1]
-            y_mat = self._buffer(xp, "mat", (m, npix))
+            y_mat = self._buffer(col, "mat", (m, npix))
             xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
             y = t.data.reshape(n, m, -1)
             y[...] = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
@@ -215,7 +216,7 @@ class ConvolutionLayer(_BaseConvolution):
                 continue
             col = self._buffers["col%d" % i]
             npix = col.shape[1]
-            dy_mat = self._buffer(xp, "mat", (m, npix))
+            dy_mat = self._buffer(dy, "mat", (m, npix))
             dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
             dy_mat = dy_mat.reshape(G, m // G, npix)
             if need_w:
@@ -223,7 +224,7 @@ class ConvolutionLayer(_BaseConvolution):
                 self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
             if propagate_down[i]:
                 dcol = xp.matmul(w.transpose(0, 2, 1), dy_mat).reshape(c * g.kernel_count, npix)
-                scratch = self._buffer(xp, "dpad", self._padded_shape(c, self.in_spatial)) \
+                scratch = self._buffer(dy, "dpad", self._padded_shape(c, self.in_spatial)) \
                     if any(g.pad) else None
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), pad_buffer=scratch)
@@ -248,10 +249,10 @@ class DeconvolutionLayer(_BaseConvolution):
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape(n, c, -1)
             npix = n * x.shape[2]
-            x_mat = self._buffer(xp, "x%d" % i, (c, npix))
+            x_mat = self._buffer(x, "x%d" % i, (c, npix))
             x_mat.reshape(c, n, -1)[...] = x.transpose(1, 0, 2)
             col = xp.matmul(w.transpose(0, 2, 1), x_mat.reshape(G, c // G, npix))
-            scratch = self._buffer(xp, "ypad", self._padded_shape(m, self.out_spatial)) \
+            scratch = self._buffer(col, "ypad", self._padded_shape(m, self.out_spatial)) \
                 if any(g.pad) else None
             col2im(col.reshape(m * g.kernel_count, npix), y_shape, g.kernel, g.pad, g.stride,
                    g.dilation, out=t.data.reshape(y_shape), pad_buffer=scratch)
@@ -436,14 +437,14 @@ class PoolingLayer(Layer):
 
     def _windows(self, x, fill_value):
         """A (N, C, OH, OW, KH*KW) copy of every window; outside the input reads ``fill_value``."""
-        xp = self.xp_of_array(x)
+        xp = get_array_module(x)
         n, c, h, w = x.shape
         (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
         hb, wb = self.buf_hw
         oh, ow = self.out_hw
         if (hb, wb) != (h, w):
-            if self._buf is None or self._buf_fill != fill_value:
-                self._buf = xp.full((n, c, hb, wb), fill_value, dtype=xp.float32)
+            if self._buf is None or self._buf_fill != fill_value or self._buf.dtype != x.dtype:
+                self._buf = xp.full((n, c, hb, wb), fill_value, dtype=x.dtype)
                 self._buf_fill = fill_value
             self._buf[:, :, ph:ph + h, pw:pw + w] = x
             x = self._buf
@@ -453,19 +454,14 @@ class PoolingLayer(Layer):
             writeable=False)
         return view.reshape(n, c, oh, ow, kh * kw)
 
-    @staticmethod
-    def xp_of_array(a):
-        from solvers.backend import get_array_module
-        return get_array_module(a)
-
     def _scatter_windows(self, xp, dwin, bottom_diff):
         """Add a (N, C, OH, OW, KH, KW) array of window gradients back onto the input."""
         n, c, h, w = bottom_diff.shape
         (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
         hb, wb = self.buf_hw
         oh, ow = self.out_hw
-        if self._dbuf is None:
-            self._dbuf = xp.empty((n, c, hb, wb), dtype=xp.float32)
+        if self._dbuf is None or self._dbuf.dtype != bottom_diff.dtype:
+            self._dbuf = xp.empty((n, c, hb, wb), dtype=bottom_diff.dtype)
         acc = self._dbuf
         acc[...] = 0
         for i in range(kh):
@@ -581,13 +577,13 @@ class LRNLayer(Layer):
         n, c, h, w = a.shape
         r = self.pre_pad
         if self.across:
-            padded = xp.zeros((n, c + 2 * r, h, w), dtype=xp.float32)
+            padded = xp.zeros((n, c + 2 * r, h, w), dtype=a.dtype)
             padded[:, r:r + c] = a
             out = padded[:, 0:c].copy()
             for i in range(1, self.size):
                 out += padded[:, i:i + c]
             return out
-        padded = xp.zeros((n, c, h + 2 * r, w + 2 * r), dtype=xp.float32)
+        padded = xp.zeros((n, c, h + 2 * r, w + 2 * r), dtype=a.dtype)
         padded[:, :, r:r + h, r:r + w] = a
         rows = padded[:, :, 0:h].copy()
         for i in range(1, self.size):
@@ -605,7 +601,6 @@ class LRNLayer(Layer):
             self.scale = self.k + (self.alpha / self.size) * box
         else:
             self.scale = 1.0 + (self.alpha / (self.size * self.size)) * box
-        self.scale = self.scale.astype(xp.float32, copy=False)
         top[0].data[...] = x * self.scale ** -self.beta
 
     def backward(self, top, propagate_down, bottom):
@@ -662,7 +657,7 @@ class SPPLayer(Layer):
             self._key = bottom[0].shape
             self.pools = [PoolingLayer(self._pooling_param(i, h, w)) for i in range(self.height)]
             self.outs = [Blob() for _ in self.pools]
-            self._scratch = Blob(bottom[0].shape)
+            self.scratch = Blob(bottom[0].shape)
             for pool, out in zip(self.pools, self.outs):
                 pool.setup(bottom, [out])
         if self.height == 1:
@@ -692,7 +687,7 @@ class SPPLayer(Layer):
             return
         n = bottom[0].shape[0]
         start = 0
-        scratch = self._scratch
+        scratch = self.scratch
         for level, (pool, out, width) in enumerate(zip(self.pools, self.outs, self.widths)):
             out.diff[...] = top[0].diff[:, start:start + width].reshape(out.shape)
             start += width
