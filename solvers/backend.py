@@ -9,12 +9,17 @@ import numpy as np
 _state = {"mode": "CPU", "device": 0}
 
 
+_cupy_memo = []  # the import is tried once: a failed import is not cached by Python
+
+
 def _cupy():
-    try:
-        import cupy
-    except ImportError:  # the GPU extra is optional
-        return None
-    return cupy
+    if not _cupy_memo:
+        try:
+            import cupy
+        except ImportError:  # the GPU extra is optional
+            cupy = None
+        _cupy_memo.append(cupy)
+    return _cupy_memo[0]
 
 
 def get_array_module(*arrays):
