@@ -22,11 +22,13 @@ from google.protobuf import text_format
 
 from netspec import caffe_pb2
 from netspec.errors import ProtoError
+from netspec.upgrade import upgrade_net, upgrade_solver
 
 __all__ = [
     "read_text", "parse_text", "write_text", "read_binary", "write_binary",
-    "read_net", "read_solver", "read_blob_proto", "blobproto_to_array",
-    "array_to_blobproto", "atomic_write_bytes", "guess_binary_type",
+    "read_net", "read_net_file", "read_solver", "read_blob_proto", "blobproto_to_array",
+    "array_to_blobproto", "atomic_write_bytes", "guess_binary_type", "parse_binary",
+    "to_text", "is_binary_file",
 ]
 
 # Messages Caffe stores in binary files, tried in this order when guessing
@@ -40,16 +42,13 @@ BINARY_CANDIDATES = (
     caffe_pb2.SolverParameter,
 )
 
-_TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt", ".pt"}
-_BINARY_SUFFIXES = {".caffemodel", ".binaryproto", ".solverstate", ".pb"}
-
 
 # ---------------------------------------------------------------- files
 
 def _describe_path(path):
     """'as written' / 'as resolved' / cwd: what a user needs to find a file."""
     written = os.fspath(path)
-    resolved = Path(written).expanduser().resolve()
+    resolved = Path(written).resolve()
     return (f"path as written: {written!r}; resolved: {str(resolved)!r}; "
             f"working directory: {os.getcwd()!r}")
 
@@ -495,12 +494,10 @@ def write_binary(message, path):
 
 
 def is_binary_file(path, data=None):
-    """Caffe tells text from binary by the tool used; here by suffix, then by content."""
-    suffix = Path(os.fspath(path)).suffix.lower()
-    if suffix in _BINARY_SUFFIXES:
-        return True
-    if suffix in _TEXT_SUFFIXES:
-        return False
+    """Whether a file's content is binary protobuf rather than printable UTF-8 text.
+
+    Caffe knows by the tool used; here the content decides, whatever the suffix.
+    """
     if data is None:
         data = _read_bytes(path, "file")
     return not _looks_like_text(data)
@@ -513,6 +510,30 @@ def _looks_like_inline_text(value):
         and not os.path.exists(value)
 
 
+def read_net_file(path, upgrade=True):
+    """(NetParameter, "text" or "binary") from a prototxt or caffemodel file.
+
+    The content decides the format. Printable content is tried as text first;
+    if that fails but it parses cleanly as binary (a short caffemodel can be
+    all printable bytes), it is binary.
+    """
+    path = os.fspath(path)
+    data = _read_bytes(path, "net file")
+    if is_binary_file(path, data):
+        net, form = parse_binary(data, caffe_pb2.NetParameter, filename=path), "binary"
+    else:
+        try:
+            net, form = parse_text(data, caffe_pb2.NetParameter, filename=path), "text"
+        except ProtoError:
+            net, clean = _try_parse(data, caffe_pb2.NetParameter)
+            if net is None or not clean:
+                raise
+            form = "binary"
+    if upgrade:
+        upgrade_net(net)
+    return net, form
+
+
 def read_net(path_or_text, upgrade=True):
     """A NetParameter from a prototxt path, a binary caffemodel path or prototxt text.
 
@@ -520,29 +541,20 @@ def read_net(path_or_text, upgrade=True):
     are upgraded as Caffe's ReadNetParamsFrom*FileOrDie do; ``upgrade=False``
     gives the message exactly as stored (the upgrade tools need that).
     """
-    from netspec.upgrade import upgrade_net
-
     if isinstance(path_or_text, caffe_pb2.NetParameter):
         net = caffe_pb2.NetParameter()
         net.CopyFrom(path_or_text)
     elif _looks_like_inline_text(path_or_text):
         net = parse_text(path_or_text, caffe_pb2.NetParameter, filename="<net text>")
     else:
-        path = os.fspath(path_or_text)
-        data = _read_bytes(path, "net file")
-        if is_binary_file(path, data):
-            net = parse_binary(data, caffe_pb2.NetParameter, filename=path)
-        else:
-            net = parse_text(data, caffe_pb2.NetParameter, filename=path)
+        return read_net_file(path_or_text, upgrade)[0]
     if upgrade:
         upgrade_net(net)
     return net
 
 
 def read_solver(path, upgrade=True):
-    """A SolverParameter from a solver prototxt, with the old solver_type upgraded."""
-    from netspec.upgrade import upgrade_solver
-
+    """A SolverParameter from a solver prototxt (or its text), old solver_type upgraded."""
     if _looks_like_inline_text(path):
         solver = parse_text(path, caffe_pb2.SolverParameter, filename="<solver text>")
     else:

@@ -277,6 +277,15 @@ def test_read_net_detects_text_binary_and_inline_text(tmp_path):
     assert io.read_net(SMALL_NET) == net
     assert io.is_binary_file(tmp_path / "weights.bin")
     assert not io.is_binary_file(tmp_path / "net.cfg")
+    # the content wins over a misleading suffix
+    io.write_binary(net, tmp_path / "really_binary.prototxt")
+    io.write_text(net, tmp_path / "really_text.caffemodel")
+    assert io.read_net_file(tmp_path / "really_binary.prototxt") == (net, "binary")
+    assert io.read_net_file(tmp_path / "really_text.caffemodel") == (net, "text")
+    # a short binary net that happens to be printable bytes
+    printable = caffe_pb2.NetParameter(name="n" * 40)
+    io.write_binary(printable, tmp_path / "short.caffemodel")
+    assert io.read_net_file(tmp_path / "short.caffemodel") == (printable, "binary")
 
 
 # ---------------------------------------------------------------- Caffe's own binaries

@@ -24,8 +24,8 @@ def main(argv=None):
     parser.add_argument("output", help="where to write the upgraded net, same format as the input")
     args = parser.parse_args(argv)
     try:
-        binary = io.is_binary_file(args.input)
-        net = io.read_net(args.input, upgrade=False)
+        net, form = io.read_net_file(args.input, upgrade=False)
+        binary = form == "binary"
         notes = []
         if upgrade_net(net, notes):
             for line in notes:
