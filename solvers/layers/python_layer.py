@@ -1,0 +1,182 @@
+"""Caffe's "Python" layer type: a layer written in Python by the user.
+
+A net names the code with ``python_param { module: "my_layers" layer: "MyLayer"
+param_str: "..." }``. As pycaffe does, the module is imported by name (from
+``sys.path`` as it stands, plus the current working directory), the class is
+instantiated with the LayerParameter, ``param_str`` and ``phase`` are set on
+the instance, then ``setup(bottom, top)`` and ``reshape(bottom, top)`` run;
+``forward`` and ``backward`` are delegated. The user's class derives from
+:class:`PythonLayer` (re-exported as ``caffe.Layer``)::
+
+    class Double(PythonLayer):
+        def setup(self, bottom, top):
+            self.factor = float(self.param_str or 2)
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].shape)
+        def forward(self, bottom, top):
+            top[0].data[...] = self.factor * bottom[0].data
+        def backward(self, top, propagate_down, bottom):
+            if propagate_down[0]:
+                bottom[0].diff[...] = self.factor * top[0].diff
+
+Learnable parameters go in ``self.blobs`` (``self.blobs.add_blob(*shape)``);
+the net treats them like any layer's parameters. Any exception raised by the
+user's code comes out as a LayerError naming the layer, with the original
+exception (and its traceback) chained as ``__cause__``.
+"""
+import importlib
+import inspect
+import os
+import sys
+
+from netspec.errors import LayerError
+from solvers.blob import Blob
+from solvers.layer import Layer, register_layer
+
+
+class BlobVec(list):
+    """A Python layer's parameter blobs (pycaffe's ``layer.blobs``)."""
+
+    def add_blob(self, *shape):
+        """Append a new zero-filled float32 Blob of ``shape`` and return it."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        blob = Blob(tuple(int(s) for s in shape))
+        self.append(blob)
+        return blob
+
+
+class PythonLayer:
+    """Base class for user layers (pycaffe's ``caffe.Layer``).
+
+    Override ``setup`` (read ``self.param_str``, check bottoms, add blobs),
+    ``reshape`` (shape the tops; called before every forward), ``forward`` and,
+    if the layer needs gradients, ``backward``. ``self.phase`` is the net's
+    phase (0 = TRAIN, 1 = TEST); ``self.blobs`` holds learnable parameters.
+    """
+
+    type = "Python"
+
+    def __init__(self, layer_param=None):
+        self.layer_param = layer_param
+        self.param_str = layer_param.python_param.param_str if layer_param is not None else ""
+        self.phase = layer_param.phase if layer_param is not None else 0
+        self.blobs = BlobVec()
+
+    def setup(self, bottom, top):
+        """One-time set-up; the default does nothing."""
+
+    def reshape(self, bottom, top):
+        raise NotImplementedError("%s must define reshape(bottom, top) to shape its tops"
+                                  % type(self).__name__)
+
+    def forward(self, bottom, top):
+        raise NotImplementedError("%s must define forward(bottom, top)" % type(self).__name__)
+
+    def backward(self, top, propagate_down, bottom):
+        raise NotImplementedError("%s defines no backward(top, propagate_down, bottom); write one, or "
+                                  "keep gradients away from it (propagate_down: false)" % type(self).__name__)
+
+
+def _import_module(layer, name):
+    """Import the user's module by name, with the working directory on sys.path as pycaffe users expect."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise layer.error(
+                "python_param.module %r not found. Python looked in the working directory %s and sys.path "
+                "(%s); put %s.py there or add its folder to PYTHONPATH"
+                % (name, cwd, os.pathsep.join(p or "." for p in sys.path), name.replace(".", os.sep))) from e
+        raise layer.error("importing python_param.module %r failed: %s" % (name, e)) from e
+    except Exception as e:
+        raise layer.error("importing python_param.module %r raised %s: %s" % (name, type(e).__name__, e)) from e
+
+
+def _instantiate(layer, cls, layer_param, where):
+    """Create the user's object: with the LayerParameter when its constructor takes one (pycaffe's way)."""
+    try:
+        inspect.signature(cls).bind(layer_param)
+        args = (layer_param,)
+    except (TypeError, ValueError):
+        args = ()
+    try:
+        return cls(*args)
+    except Exception as e:
+        raise layer.error("creating %s raised %s: %s" % (where, type(e).__name__, e)) from e
+
+
+@register_layer("Python")
+class PythonLayerHost(Layer):
+    """Caffe's PythonLayer: hosts the user's object and delegates the layer contract to it."""
+
+    def __init__(self, layer_param):
+        self._blobs = []
+        self._ppd = []
+        super().__init__(layer_param)
+        pp = layer_param.python_param
+        if not pp.module or not pp.layer:
+            raise self.error("python_param needs both module and layer (got module %r, layer %r)"
+                             % (pp.module, pp.layer))
+        module = _import_module(self, pp.module)
+        cls = getattr(module, pp.layer, None)
+        where = "%s.%s (%s)" % (pp.module, pp.layer, getattr(module, "__file__", "?"))
+        if cls is None:
+            classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_"))
+            raise self.error("module %r (%s) has no class %r; it defines: %s"
+                             % (pp.module, getattr(module, "__file__", "?"), pp.layer, ", ".join(classes) or "none"))
+        if not callable(cls):
+            raise self.error("%s is not a class" % where)
+        self.where = where
+        self.impl = _instantiate(self, cls, layer_param, where)
+        self.impl.param_str = pp.param_str
+        self.impl.phase = self.phase
+        existing = getattr(self.impl, "blobs", None)
+        if not isinstance(existing, BlobVec):
+            self.impl.blobs = BlobVec(existing or [])
+
+    # The user's blobs are the layer's blobs: the net and solvers see what setup added.
+    @property
+    def blobs(self):
+        impl = self.__dict__.get("impl")
+        return impl.blobs if impl is not None else self._blobs
+
+    @blobs.setter
+    def blobs(self, value):
+        impl = self.__dict__.get("impl")
+        if impl is not None:
+            impl.blobs = value if isinstance(value, BlobVec) else BlobVec(value)
+        else:
+            self._blobs = value
+
+    @property
+    def param_propagate_down(self):
+        while len(self._ppd) < len(self.blobs):
+            self._ppd.append(True)
+        return self._ppd
+
+    @param_propagate_down.setter
+    def param_propagate_down(self, value):
+        self._ppd = list(value)
+
+    def _call(self, method, *args):
+        try:
+            return getattr(self.impl, method)(*args)
+        except Exception as e:
+            raise self.error("%s.%s raised %s: %s" % (self.where, method, type(e).__name__, e)) from e
+
+    def setup(self, bottom, top):
+        self._call("setup", bottom, top)
+        self._call("reshape", bottom, top)
+
+    def reshape(self, bottom, top):
+        self._call("reshape", bottom, top)
+
+    def forward(self, bottom, top):
+        self._call("forward", bottom, top)
+
+    def backward(self, top, propagate_down, bottom):
+        self._call("backward", top, list(propagate_down), bottom)
