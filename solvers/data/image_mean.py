@@ -20,8 +20,9 @@ from solvers.data.progress import Progress
 
 def compute_image_mean(db_path, batch=1000, progress=None):
     """float32 C x H x W mean of every record of the LMDB ``db_path``."""
-    reader = LMDBReader(db_path)
+    reader = LMDBReader.open(db_path)
     if len(reader) == 0:
+        reader.release()
         raise DataError("LMDB %r is empty: no mean to compute" % db_path)
     bar = progress or Progress(len(reader), "records")
     total, count, shape, pending = None, 0, None, []
@@ -49,7 +50,7 @@ def compute_image_mean(db_path, batch=1000, progress=None):
         if pending:
             add(pending)
     finally:
-        reader.close()
+        reader.release()
     bar.update(count)
     bar.done()
     return total / np.float32(count)

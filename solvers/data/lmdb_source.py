@@ -15,6 +15,7 @@ Caffe's converters ask); records are committed in batched transactions.
 import os
 import shutil
 import tempfile
+import threading
 
 from netspec.errors import DataError
 
@@ -29,9 +30,37 @@ def is_lmdb_dir(path):
 
 
 class LMDBReader:
-    """A read-only LMDB environment (``path`` as resolved by the caller)."""
+    """A read-only LMDB environment (``path`` as resolved by the caller).
+
+    LMDB allows one open environment per database and process, so readers are
+    shared: ``LMDBReader.open`` returns the reader already open for the same
+    file (a train and a test net over one source, say) and ``release`` closes
+    it when its last user is done (Caffe shares one reader per source too).
+    """
+
+    _open = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path, what=None):
+        key = os.path.realpath(os.fspath(path))
+        with cls._lock:
+            reader = cls._open.get(key)
+            if reader is None:
+                reader = cls(path, what)
+                cls._open[key] = reader
+            reader.users += 1
+            return reader
+
+    def release(self):
+        with self._lock:
+            self.users -= 1
+            if self.users <= 0:
+                self._open.pop(os.path.realpath(self.path), None)
+                self.env.close()
 
     def __init__(self, path, what=None):
+        self.users = 0
         self.path = os.fspath(path)
         what = what or "LMDB %r" % self.path
         if not os.path.exists(self.path):

@@ -77,6 +77,9 @@ class DatumBatchSource(BatchSource):
 
     def close(self):
         self.cursor.close()
+        release = getattr(self.cursor.reader, "release", None)
+        if release is not None:
+            release()
 
 
 def read_image(path, new_height=0, new_width=0, is_color=True, where="image"):

@@ -102,7 +102,7 @@ def open_database(layer, source, backend):
                     "and set 'backend: LMDB', or install plyvel.")
             raise DataError("%s: data_param.backend is LEVELDB (Caffe's default when backend is "
                             "not set), which needs the plyvel package.%s" % (what, hint)) from None
-    return LMDBReader(resolved, what)
+    return LMDBReader.open(resolved, what)
 
 
 @register_layer("Data")
@@ -117,14 +117,23 @@ class DataLayer(_PrefetchingData):
             raise DataError("%s: data_param.batch_size must be positive, got %d"
                             % (self.where(), p.batch_size))
         transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.where())
-        self.db = open_database(self, p.source, p.backend)
-        cursor = self.db.cursor()
+        db = open_database(self, p.source, p.backend)
+        try:
+            cursor = db.cursor()
+        except DataError:
+            getattr(db, "release", db.close)()
+            raise
         rng = child_rng()
         if p.rand_skip:
             cursor.skip(int(rng.integers(p.rand_skip)))
-        self.start_prefetch(DatumBatchSource(cursor, transformer, p.batch_size, len(top) > 1,
-                                             "%s: source %r" % (self.where(), p.source), rng),
-                            p.prefetch)
+        try:
+            source = DatumBatchSource(cursor, transformer, p.batch_size, len(top) > 1,
+                                      "%s: source %r" % (self.where(), p.source), rng)
+        except Exception:
+            cursor.close()
+            getattr(db, "release", db.close)()
+            raise
+        self.start_prefetch(source, p.prefetch)
 
 
 @register_layer("ImageData")
