@@ -600,16 +600,41 @@ def blobproto_to_array(blob, return_diff=False):
     return array.reshape(shape)
 
 
+def _varint(value):
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _packed_floats(field_name, array):
+    """Wire bytes of a packed float field, built from the array's memory in one go.
+
+    Appending element by element costs ~0.1 s per million values; merging the
+    encoded field is several times faster, which matters for every snapshot.
+    """
+    if array.size == 0:
+        return b""
+    number = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name[field_name].number
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return _varint((number << 3) | 2) + _varint(len(raw)) + raw
+
+
 def array_to_blobproto(arr, diff=None):
     """A BlobProto with ``shape { dim }`` and float32 data (and diff when given)."""
     arr = np.asarray(arr, dtype=np.float32)
     blob = caffe_pb2.BlobProto()
     blob.shape.dim.extend(int(d) for d in arr.shape)
-    blob.data.extend(arr.ravel().tolist())
+    payload = _packed_floats("data", arr)
     if diff is not None:
         diff = np.asarray(diff, dtype=np.float32)
         if diff.shape != arr.shape:
             raise ProtoError(f"array_to_blobproto: diff shape {diff.shape} differs from data "
                              f"shape {arr.shape}")
-        blob.diff.extend(diff.ravel().tolist())
+        payload += _packed_floats("diff", diff)
+    blob.MergeFromString(payload)
     return blob

@@ -334,6 +334,15 @@ def test_array_blobproto_round_trip_with_diff():
     assert np.array_equal(io.blobproto_to_array(blob, return_diff=True), diff)
     with pytest.raises(ProtoError, match="diff shape"):
         io.array_to_blobproto(data, diff[:1])
+    # the fast path encodes exactly what protobuf itself would
+    slow = caffe_pb2.BlobProto(data=data.ravel().tolist(), diff=diff.ravel().tolist())
+    slow.shape.dim.extend([2, 3, 4])
+    assert blob.SerializeToString() == slow.SerializeToString()
+    empty = io.array_to_blobproto(np.zeros((0, 3), np.float32))
+    assert list(empty.shape.dim) == [0, 3] and len(empty.data) == 0
+    assert io.blobproto_to_array(empty).shape == (0, 3)
+    scalar = io.array_to_blobproto(np.float32(2.5))
+    assert len(scalar.shape.dim) == 0 and io.blobproto_to_array(scalar) == np.float32(2.5)
 
 
 def test_blobproto_legacy_double_and_inconsistent_forms():
