@@ -302,8 +302,10 @@ def test_upgrade_net_tool_binary_in_binary_out(tmp_path):
     layer.blobs.add(data=[1, 2, 3])
     layer.blobs_lr.extend([1, 2])
     io.write_binary(old, tmp_path / "old.caffemodel")
-    result = run_tool("upgrade_net.py", tmp_path / "old.caffemodel", tmp_path / "new.caffemodel")
+    # run from another directory with relative paths: the tool finds its package itself
+    result = run_tool("upgrade_net.py", "old.caffemodel", "new.caffemodel", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "binary" in result.stdout
     new = io.read_binary(tmp_path / "new.caffemodel", caffe_pb2.NetParameter)
     assert not new.layers and new.layer[0].type == "InnerProduct"
     assert list(new.layer[0].blobs[0].data) == [1, 2, 3]
