@@ -1,0 +1,199 @@
+"""RNN, LSTM and LSTMUnit: Caffe's parameter layout, cont semantics, carried state, exact BPTT.
+
+(BVLC Caffe's own numbers for these layers are replayed in test_golden_layers.py.)
+"""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from netspec import caffe_pb2
+from netspec.errors import LayerError
+from solvers.blob import Blob
+from solvers.gradient_check import check_layer_gradient
+from solvers.layer import create_layer
+
+FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def lp_of(type_, extra="", ntop=1):
+    lp = caffe_pb2.LayerParameter()
+    text_format.Merge('name: "rec" type: "%s" recurrent_param { num_output: 3 %s %s }'
+                      % (type_, FILLERS, extra), lp)
+    lp.top.extend("t%d" % i for i in range(ntop))
+    return lp
+
+
+def blob(a):
+    a = np.asarray(a, dtype=np.float32)
+    b = Blob(a.shape)
+    b.data[...] = a
+    return b
+
+
+def rnd(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def reference_lstm(x, cont, w_xc, b_c, w_hc, h, c):
+    """Caffe's unrolled LSTM written step by step in float64."""
+    out = []
+    H = h.shape[-1]
+    for t in range(x.shape[0]):
+        g = x[t] @ w_xc.T + b_c + (cont[t][:, None] * h) @ w_hc.T
+        i, f, o, gg = sigmoid(g[:, :H]), sigmoid(g[:, H:2 * H]), sigmoid(g[:, 2 * H:3 * H]), np.tanh(g[:, 3 * H:])
+        c = cont[t][:, None] * f * c + i * gg
+        h = o * np.tanh(c)
+        out.append(h)
+    return np.stack(out), h, c
+
+
+def reference_rnn(x, cont, w_xh, b_h, w_hh, w_ho, b_o, h):
+    out = []
+    for t in range(x.shape[0]):
+        h = np.tanh(x[t] @ w_xh.T + b_h + (cont[t][:, None] * h) @ w_hh.T)
+        out.append(np.tanh(h @ w_ho.T + b_o))
+    return np.stack(out), h
+
+
+CONT = [[0, 0], [1, 1], [0, 1], [1, 1]]
+
+
+def test_parameter_shapes_follow_caffes_unrolled_net():
+    x, cont, xs = blob(rnd(4, 2, 5)), blob(CONT), blob(rnd(2, 6))
+    for type_, want in (("LSTM", [(12, 5), (12,), (12, 3)]), ("RNN", [(3, 5), (3,), (3, 3), (3, 3), (3,)])):
+        layer = create_layer(lp_of(type_))
+        top = [Blob()]
+        layer.setup([x, cont], top)
+        assert [b.shape for b in layer.blobs] == want
+        assert top[0].shape == (4, 2, 3)
+        layer = create_layer(lp_of(type_))
+        layer.setup([x, cont, xs], [Blob()])
+        want_static = want[:2] + [(want[0][0], 6)] + want[2:]
+        assert [b.shape for b in layer.blobs] == want_static
+
+
+def test_lstm_matches_reference_and_resets_where_cont_is_zero():
+    x, cont = rnd(4, 2, 5), np.array(CONT, np.float32)
+    layer = create_layer(lp_of("LSTM"))
+    top = [Blob()]
+    layer.setup([blob(x), blob(cont)], top)
+    layer.forward([blob(x), blob(cont)], top)
+    w_xc, b_c, w_hc = (b.data.astype(np.float64) for b in layer.blobs)
+    zeros = np.zeros((2, 3))
+    want, _, _ = reference_lstm(x, cont, w_xc, b_c, w_hc, zeros, zeros)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-6)
+    # Stream 0 restarts at t=2: from there on it equals a fresh sequence.
+    fresh, _, _ = reference_lstm(x[2:, :1], cont[2:, :1], w_xc, b_c, w_hc, zeros[:1], zeros[:1])
+    np.testing.assert_allclose(top[0].data[2:, 0], fresh[:, 0], rtol=1e-4, atol=1e-6)
+
+
+def test_rnn_matches_reference():
+    x, cont = rnd(4, 2, 5), np.array(CONT, np.float32)
+    layer = create_layer(lp_of("RNN"))
+    top = [Blob()]
+    layer.setup([blob(x), blob(cont)], top)
+    layer.forward([blob(x), blob(cont)], top)
+    params = [b.data.astype(np.float64) for b in layer.blobs]
+    want, _ = reference_rnn(x, cont, *params, np.zeros((2, 3)))
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("type_", ["LSTM", "RNN"])
+def test_final_state_carries_into_the_next_forward(type_):
+    """Two forwards of T steps with cont = 1 equal one forward of 2T steps, as Caffe's h_0 := h_T copy."""
+    x = rnd(6, 2, 5)
+    cont = np.ones((6, 2), np.float32)
+    cont[0] = 0
+    long_layer = create_layer(lp_of(type_))
+    long_top = [Blob()]
+    long_layer.setup([blob(x), blob(cont)], long_top)
+    long_layer.forward([blob(x), blob(cont)], long_top)
+    layer = create_layer(lp_of(type_))
+    top = [Blob()]
+    layer.setup([blob(x[:3]), blob(cont[:3])], top)
+    for a, b in zip(layer.blobs, long_layer.blobs):
+        a.data[...] = b.data
+    layer.forward([blob(x[:3]), blob(cont[:3])], top)
+    first = top[0].data.copy()
+    layer.forward([blob(x[3:]), blob(cont[3:])], top)
+    np.testing.assert_allclose(np.concatenate([first, top[0].data]), long_top[0].data, rtol=1e-5, atol=1e-6)
+    # A new batch size starts from zero state instead of reusing a mismatched one.
+    ones = np.ones((3, 1), np.float32)
+    layer.reshape([blob(x[:3, :1]), blob(ones)], top)
+    layer.forward([blob(x[:3, :1]), blob(ones)], top)
+    np.testing.assert_allclose(top[0].data, first[:, :1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("type_", ["LSTM", "RNN"])
+@pytest.mark.parametrize("static", [False, True])
+def test_bptt_gradients(type_, static):
+    bottoms = [blob(rnd(4, 2, 3)), blob(CONT)]
+    if static:
+        bottoms.append(blob(rnd(2, 2, seed=4)))
+    result = check_layer_gradient(lp_of(type_), bottoms, stepsize=1e-3)
+    assert result.ok and result.checked > 0
+
+
+@pytest.mark.parametrize("type_,nstate", [("LSTM", 2), ("RNN", 1)])
+def test_expose_hidden(type_, nstate):
+    x, cont = rnd(3, 2, 4), np.array(CONT[:3], np.float32)
+    h0 = [rnd(1, 2, 3, seed=5 + k) for k in range(nstate)]
+    lp = lp_of(type_, "expose_hidden: true", ntop=1 + nstate)
+    layer = create_layer(lp)
+    top = [Blob() for _ in range(1 + nstate)]
+    bottoms = [blob(x), blob(cont)] + [blob(h) for h in h0]
+    layer.setup(bottoms, top)
+    assert [t.shape for t in top[1:]] == [(1, 2, 3)] * nstate
+    layer.forward(bottoms, top)
+    params = [b.data.astype(np.float64) for b in layer.blobs]
+    if type_ == "LSTM":
+        want, h_T, c_T = reference_lstm(x, cont, *params, h0[0][0], h0[1][0])
+        np.testing.assert_allclose(top[2].data[0], c_T, rtol=1e-4, atol=1e-6)
+    else:
+        want, h_T = reference_rnn(x, cont, *params, h0[0][0])
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(top[1].data[0], h_T, rtol=1e-4, atol=1e-6)
+    # Gradients reach the initial states and flow back from the final-state tops.
+    result = check_layer_gradient(create_layer(lp), [blob(x), blob(cont)] + [blob(h) for h in h0],
+                                  top=[Blob() for _ in range(1 + nstate)], stepsize=1e-3)
+    assert result.ok
+
+
+def test_recurrent_shape_errors():
+    layer = create_layer(lp_of("LSTM"))
+    top = [Blob()]
+    layer.setup([blob(rnd(4, 2, 3)), blob(CONT)], top)
+    with pytest.raises(LayerError, match="timesteps changed"):
+        layer.reshape([blob(rnd(5, 2, 3)), blob(np.ones((5, 2)))], top)
+    with pytest.raises(LayerError, match="cont"):
+        create_layer(lp_of("RNN")).setup([blob(rnd(4, 2, 3)), blob(np.ones((4, 3)))], [Blob()])
+    with pytest.raises(LayerError, match="num_output"):
+        lp = caffe_pb2.LayerParameter(name="r", type="RNN")
+        create_layer(lp).setup([blob(rnd(4, 2, 3)), blob(CONT)], [Blob()])
+    with pytest.raises(LayerError, match="top"):
+        create_layer(lp_of("LSTM", "expose_hidden: true")).setup(
+            [blob(rnd(4, 2, 3)), blob(CONT), blob(rnd(1, 2, 3)), blob(rnd(1, 2, 3))], [Blob()])
+
+
+def test_lstm_unit_forward_and_gradients():
+    c_prev, gates, cont = rnd(1, 3, 2), rnd(1, 3, 8, seed=1), np.array([[1, 0, 1]], np.float32)
+    lp = caffe_pb2.LayerParameter(name="unit", type="LSTMUnit", top=["c", "h"])
+    layer = create_layer(lp)
+    bottoms, top = [blob(c_prev), blob(gates), blob(cont)], [Blob(), Blob()]
+    layer.setup(bottoms, top)
+    layer.forward(bottoms, top)
+    g = gates[0].astype(np.float64)
+    i, f, o, gg = sigmoid(g[:, :2]), sigmoid(g[:, 2:4]), sigmoid(g[:, 4:6]), np.tanh(g[:, 6:])
+    c = cont[0][:, None] * f * c_prev[0] + i * gg
+    np.testing.assert_allclose(top[0].data[0], c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(top[1].data[0], o * np.tanh(c), rtol=1e-5, atol=1e-6)
+    assert check_layer_gradient(create_layer(lp), [blob(c_prev), blob(gates), blob(cont)],
+                                top=[Blob(), Blob()], stepsize=1e-3).ok
+    with pytest.raises(LayerError, match="sequence indicators"):
+        layer.backward(top, [True, True, True], bottoms)
+    with pytest.raises(LayerError, match="4 \\* H"):
+        create_layer(lp).setup([blob(c_prev), blob(rnd(1, 3, 7)), blob(cont)], [Blob(), Blob()])
