@@ -397,10 +397,11 @@ def test_accuracy_top_k_ties_ignore_and_per_class():
     np.testing.assert_allclose(float(top[0].data), 1 / 4, rtol=1e-6)  # only row 0 is a top-1 hit
 
 
-def test_accuracy_all_ignored_is_zero_and_has_no_gradient():
+def test_accuracy_all_ignored_is_zero_and_its_gradient_is_zero():
     layer, bottoms, top = run_loss("Accuracy", "accuracy_param { ignore_label: 1 }",
                                    np.zeros((2, 3), np.float32), np.ones(2, np.float32))
     assert float(top[0].data) == 0 and not layer.is_loss
     assert not layer.allow_force_backward(0)
-    with pytest.raises(LayerError, match="no gradient"):
-        layer.backward(top, [True, False], bottoms)
+    bottoms[0].diff[...] = 5
+    layer.backward(top, [True, False], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, 0)

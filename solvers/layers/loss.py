@@ -524,7 +524,7 @@ class ContrastiveLossLayer(LossLayer):
 class AccuracyLayer(_LabelledSoftmax, Layer):
     """Fraction of non-ignored positions whose label is among the top_k scores
     along accuracy_param.axis (ties count against); an optional second top gets
-    the accuracy of each class. It has no gradient."""
+    the accuracy of each class. It is never forced to backward."""
 
     exact_num_bottom = 2
     min_top = 1
@@ -567,6 +567,8 @@ class AccuracyLayer(_LabelledSoftmax, Layer):
             top[1].data[...] = xp.where(nums > 0, good / xp.maximum(nums, 1), 0)
 
     def backward(self, top, propagate_down, bottom):
-        if any(propagate_down):
-            raise self.error("Accuracy has no gradient (Caffe does not implement its backward); "
-                             "set propagate_down: false on its bottoms")
+        """Accuracy is piecewise constant: its gradient is zero. (Caffe aborts here;
+        writing zeros lets a force_backward net that holds an Accuracy layer run.)"""
+        for p, b in zip(propagate_down, bottom):
+            if p:
+                b.diff[...] = 0
