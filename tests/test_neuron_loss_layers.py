@@ -405,3 +405,24 @@ def test_accuracy_all_ignored_is_zero_and_its_gradient_is_zero():
     bottoms[0].diff[...] = 5
     layer.backward(top, [True, False], bottoms)
     np.testing.assert_array_equal(bottoms[0].diff, 0)
+
+
+# -- the project's shared gradient checker (Caffe's GradientChecker method) ------------
+
+@pytest.mark.parametrize("text, shape", [
+    ('type: "Dropout" name: "d" top: "y" dropout_param { dropout_ratio: 0.4 }', (2, 3, 4)),
+    ('type: "PReLU" name: "p" top: "y" prelu_param { filler { type: "uniform" min: 0.1 max: 0.3 } }',
+     (2, 3, 4)),
+    ('type: "Swish" name: "s" top: "y"', (2, 3, 4)),
+    ('type: "ELU" name: "e" top: "y"', (2, 3, 4)),
+])
+def test_shared_gradient_checker_on_neurons(text, shape):
+    gc = pytest.importorskip("solvers.gradient_check")
+    gc.check_layer_gradient(text, [shape], kink=0.0, kink_range=0.02)
+
+
+def test_shared_gradient_checker_on_softmax_loss():
+    gc = pytest.importorskip("solvers.gradient_check")
+    lab = np.array([[0, 2, 1], [3, 3, 0]], np.float32)
+    x = blob(R.standard_normal((2, 4, 3)).astype(np.float32))
+    gc.check_layer_gradient('type: "SoftmaxWithLoss" name: "l" top: "loss"', [x, blob(lab)])
