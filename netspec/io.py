@@ -63,9 +63,11 @@ def _read_bytes(path, what):
         raise ProtoError(f"cannot read {what}: it is a directory, not a file "
                          f"({_describe_path(path)})") from None
     except PermissionError:
-        raise ProtoError(f"cannot read {what}: permission denied ({_describe_path(path)})") from None
+        raise ProtoError(f"cannot read {what}: permission denied "
+                         f"({_describe_path(path)})") from None
     except OSError as e:
-        raise ProtoError(f"cannot read {what}: {e.strerror or e} ({_describe_path(path)})") from None
+        raise ProtoError(f"cannot read {what}: {e.strerror or e} "
+                         f"({_describe_path(path)})") from None
 
 
 def _type_name(message_class):
@@ -212,7 +214,8 @@ def _unclosed_brace_hint(text):
                 stack.pop()
     if stack:
         number, col = stack[-1]
-        return f"the file ends inside the block opened at line {number}, column {col}: a '}}' is missing"
+        return (f"the file ends inside the block opened at line {number}, column {col}: "
+                f"a '}}' is missing")
     return None
 
 
@@ -249,7 +252,8 @@ def parse_text(text, message_class, filename="<string>"):
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
             raise ProtoError(f"{filename}: not a text {_type_name(message_class)} file: byte "
-                             f"{e.start} is not UTF-8 text (is it a binary file? use read_binary)") from None
+                             f"{e.start} is not UTF-8 text (is it a binary file? use "
+                             f"read_binary)") from None
     message = message_class()
     try:
         text_format.Parse(text, message)
