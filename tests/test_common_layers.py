@@ -394,3 +394,31 @@ def test_argmax_ties_prefer_the_later_index_and_shapes():
     assert top[0].shape == (2, 1, 1)
     with pytest.raises(LayerError, match="top_k"):
         make('type: "ArgMax" argmax_param { top_k: 5 axis: 2 }', [y])
+
+
+def test_batch_norm_statistics_cannot_be_learned():
+    with pytest.raises(LayerError, match="lr_mult"):
+        make('type: "BatchNorm" param { lr_mult: 0 } param { lr_mult: 1 }', [blob(rnd(2, 3))])
+    layer, _ = make('type: "BatchNorm" param { lr_mult: 0 decay_mult: 0 }', [blob(rnd(2, 3))])
+    assert [(p.lr_mult, p.decay_mult) for p in layer.layer_param.param] == [(0, 0), (0, 1), (0, 1)]
+
+
+def test_layers_in_a_net():
+    """Through the Net: BatchNorm statistics are frozen, Split is inserted, InnerProduct learns."""
+    net_mod = pytest.importorskip("solvers.net")
+    net = net_mod.Net(text_format.Parse('''
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "x" top: "bn" }
+        layer { name: "ip" type: "InnerProduct" bottom: "bn" top: "ip"
+                inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+        layer { name: "a" type: "Reduction" bottom: "ip" top: "a" loss_weight: 1
+                reduction_param { operation: SUMSQ } }
+        layer { name: "b" type: "Reduction" bottom: "ip" top: "b" loss_weight: 0.5 }
+    ''', caffe_pb2.NetParameter()), phase="TRAIN")
+    net.blobs["x"].data[...] = rnd(4, 3)
+    loss = net.forward_backward()
+    ip = net.blobs["ip"].data
+    assert np.isclose(loss, (ip ** 2).sum() + 0.5 * ip.sum(), rtol=1e-5)
+    w_grad = (2 * ip + 0.5).T @ net.blobs["bn"].data
+    np.testing.assert_allclose(net.params["ip"][0].diff, w_grad, rtol=1e-4, atol=1e-6)
+    assert not any(net.layer_dict["bn"].param_propagate_down)

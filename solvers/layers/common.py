@@ -856,8 +856,8 @@ class BatchNormLayer(Layer):
     Blobs, as Caffe: running mean sum, running variance sum, and the scale
     factor that divides both; in TRAIN forward updates them with
     moving_average_fraction (variance with the m/(m-1) correction). The
-    statistics are not learned: Caffe gives them lr_mult 0, done here on
-    this layer's copy of its LayerParameter, and backward leaves their diffs.
+    statistics are not learned: Caffe gives them lr_mult 0 in the layer's
+    LayerParameter (which the net reads), and backward leaves their diffs.
     """
     exact_num_bottom = 1
     exact_num_top = 1
@@ -873,12 +873,16 @@ class BatchNormLayer(Layer):
         self.blobs = [Blob((self.channels,)), Blob((self.channels,)), Blob((1,))]
         for b in self.blobs:
             b.data[...] = 0
-        if len(self.layer_param.param) == 0:
-            lp = caffe_pb2.LayerParameter()
-            lp.CopyFrom(self.layer_param)
-            for _ in range(3):
-                lp.param.add(lr_mult=0)
-            self.layer_param = lp
+        # As Caffe, freeze the statistics in the layer's own LayerParameter (the net reads
+        # lr_mult from it): missing ParamSpecs get lr_mult 0, a nonzero one is an error.
+        specs = self.layer_param.param
+        for j in range(3):
+            if j == len(specs):
+                specs.add(lr_mult=0)
+            elif specs[j].lr_mult != 0:
+                raise self.error("param %d has lr_mult %g: batch normalization statistics cannot be "
+                                 "learned; use lr_mult: 0 (or no param) and a Scale layer for a learned "
+                                 "scale/shift" % (j, specs[j].lr_mult))
         self.param_propagate_down = [False] * 3
 
     def reshape(self, bottom, top):
