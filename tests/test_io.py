@@ -374,3 +374,12 @@ def test_every_golden_caffe_binary_reads_as_its_type():
         assert message.SerializeToString() == path.read_bytes(), path
         seen += 1
     assert seen >= 3
+
+
+def test_new_file_gets_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        io.write_binary(caffe_pb2.BlobProto(), tmp_path / "m.binaryproto")
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "m.binaryproto").stat().st_mode & 0o777) == 0o640
