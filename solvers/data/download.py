@@ -102,8 +102,10 @@ def verify(path, name, dataset="mnist"):
             return "md5 %s" % digest
     try:
         raw = read_bytes(path)
-    except DataError as e:
-        raise DataError("%s is not a good copy of %s: %s" % (path, name, e)) from None
+    except DataError:
+        raise DataError("%s fails the MD5 check for %s (md5 %s, expected %s); it does not even "
+                        "decompress: corrupt or incomplete"
+                        % (path, name, md5_of(path), " or ".join(sorted(spec["gz_md5"][name])))) from None
     digest = hashlib.md5(raw).hexdigest()
     if digest in spec["raw_md5"].get(name, ()):
         return "md5 %s of the uncompressed data" % digest
