@@ -123,7 +123,8 @@ class PythonLayerHost(Layer):
                              % (pp.module, pp.layer))
         module = _import_module(self, pp.module)
         cls = getattr(module, pp.layer, None)
-        where = "%s.%s (%s)" % (pp.module, pp.layer, getattr(module, "__file__", "?"))
+        where = "%s.%s" % (pp.module, pp.layer)
+        self.source_file = getattr(module, "__file__", "?")
         if cls is None:
             classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_"))
             raise self.error("module %r (%s) has no class %r; it defines: %s"
@@ -166,7 +167,8 @@ class PythonLayerHost(Layer):
         try:
             return getattr(self.impl, method)(*args)
         except Exception as e:
-            raise self.error("%s.%s raised %s: %s" % (self.where, method, type(e).__name__, e)) from e
+            raise self.error("%s.%s raised %s: %s (user code in %s)"
+                             % (self.where, method, type(e).__name__, e, self.source_file)) from e
 
     def setup(self, bottom, top):
         self._call("setup", bottom, top)
