@@ -668,3 +668,48 @@ def test_copy_from_golden_lenet_init():
     with pytest.raises(NetError, match=r"layer 'fc1' blob 0: shape mismatch, the net has \(400, 800\) "
                                        r"but .*lenet_init.caffemodel holds \(500, 800\)"):
         Net(bad, phase="TRAIN", weights=str(model))
+
+
+# -- tools/time.py and bench/lenet.py ------------------------------------------------------------------------
+
+def _load_script(relpath):
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location("_script_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_tool_reports_caffe_lines(tmp_path, capsys, monkeypatch):
+    tool = _load_script("tools/time.py")
+    monkeypatch.setattr(tool, "_install_logging", lambda: None)   # keep pytest's log capture intact
+    net = Net(net_text(INPUT, SCALE % ("s", "data", "s"), LOSS % "s"), phase="TRAIN")
+    lines = []
+    result = tool.time_net(net, iterations=2, report=lines.append)
+    assert lines[:3] == ["Performing Forward", "Initial loss: %g" % net.forward_from_to(0, 2),
+                         "Performing Backward"]
+    assert "Testing for 2 iterations." in lines
+    assert any(l.startswith("Iteration: 2 forward-backward time: ") for l in lines)
+    assert "         s\tforward: %g ms." % result["forward"][1] in lines
+    assert any(l.startswith("Average Forward-Backward: ") for l in lines)
+    assert lines[-1] == "*** Benchmark ends ***"
+    assert result["layers"] == ["data", "s", "loss"] and result["forward_backward"] > 0
+    # a net whose data source is missing: a clear message, exit status 1
+    need_types("Data")
+    model = tmp_path / "net.prototxt"
+    model.write_text('layer { name: "d" type: "Data" top: "data" top: "label" '
+                     'data_param { source: "no_such_lmdb" batch_size: 2 backend: LMDB } }')
+    assert tool.main(["--model", str(model), "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "data source" in err and "no_such_lmdb" in err
+
+
+def test_lenet_bench_smoke(capsys):
+    if not (GOLDEN / "lenet" / "lenet_auto_train.prototxt").is_file():
+        pytest.skip("golden LeNet not found at %s" % (GOLDEN / "lenet"))
+    need_types("Input", "Convolution", "Pooling", "InnerProduct", "ReLU", "SoftmaxWithLoss")
+    bench = _load_script("bench/lenet.py")
+    assert bench.main(["--iterations", "1", "--warmup", "0", "--batch", "4", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "forward-backward" in out and "peak RSS" in out

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Time a net's layers, as ``caffe time --model NET --iterations N`` does.
+
+    python tools/time.py --model lenet_train.prototxt [--iterations 50] [--phase TRAIN]
+                         [--level 0] [--stage deploy] [--weights w.caffemodel]
+
+One untimed forward and backward pass first (allocations settle), then N
+iterations of every layer's forward (in order) and backward (in reverse),
+each layer timed on its own; the report gives the average forward and
+backward time per layer and per pass, in Caffe's words. As in Caffe, the
+net reads its inputs from its own data layers, so a Data layer's source must
+exist (relative paths resolve from the working directory).
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from netspec.errors import CaffeError, DataError  # noqa: E402
+
+log = logging.getLogger("caffe")
+
+
+def time_net(net, iterations=50, report=log.info):
+    """Run Caffe's benchmark on ``net``; return the averages in milliseconds.
+
+    The result holds ``forward``/``backward`` (per layer name, lists in layer
+    order), ``forward_pass``, ``backward_pass``, ``forward_backward`` and
+    ``total`` (all ms; the first four are per iteration).
+    """
+    if iterations < 1:
+        raise CaffeError("--iterations must be at least 1, got %d" % iterations)
+    report("Performing Forward")
+    loss = net.forward_from_to(0, len(net.layers) - 1)
+    report("Initial loss: %g" % loss)
+    report("Performing Backward")
+    net.backward_from_to(len(net.layers) - 1, 0)
+
+    n = len(net.layers)
+    fwd_layer, bwd_layer = [0.0] * n, [0.0] * n
+    fwd_total = bwd_total = 0.0
+    clock = time.perf_counter
+    report("*** Benchmark begins ***")
+    report("Testing for %d iterations." % iterations)
+    start_all = clock()
+    for it in range(iterations):
+        start_iter = clock()
+        for i, (layer, bottom, top) in enumerate(zip(net.layers, net.bottom_vecs, net.top_vecs)):
+            t = clock()
+            layer.reshape(bottom, top)      # Caffe's Layer::Forward reshapes first
+            layer.forward(bottom, top)
+            fwd_layer[i] += clock() - t
+        mid = clock()
+        fwd_total += mid - start_iter
+        for i in range(n - 1, -1, -1):     # every layer, as caffe time does
+            t = clock()
+            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+            bwd_layer[i] += clock() - t
+        end = clock()
+        bwd_total += end - mid
+        report("Iteration: %d forward-backward time: %g ms." % (it + 1, (end - start_iter) * 1e3))
+    total = clock() - start_all
+
+    ms = lambda seconds: seconds * 1e3 / iterations  # noqa: E731
+    report("Average time per layer: ")
+    for i, name in enumerate(net.layer_names):
+        report("%10s\tforward: %g ms." % (name, ms(fwd_layer[i])))
+        report("%10s\tbackward: %g ms." % (name, ms(bwd_layer[i])))
+    report("Average Forward pass: %g ms." % ms(fwd_total))
+    report("Average Backward pass: %g ms." % ms(bwd_total))
+    report("Average Forward-Backward: %g ms." % ms(total))
+    report("Total Time: %g ms." % (total * 1e3))
+    report("*** Benchmark ends ***")
+    return {
+        "forward": [ms(t) for t in fwd_layer], "backward": [ms(t) for t in bwd_layer],
+        "layers": list(net.layer_names), "forward_pass": ms(fwd_total), "backward_pass": ms(bwd_total),
+        "forward_backward": ms(total), "total": total * 1e3,
+    }
+
+
+def _install_logging():
+    try:
+        from solvers.log import install_handler
+    except ImportError:   # plain lines if the glog formatter is not available
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        return
+    install_handler()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="the net prototxt to time")
+    ap.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    ap.add_argument("--phase", default="TRAIN", choices=["TRAIN", "TEST"], help="net phase (default TRAIN)")
+    ap.add_argument("--level", type=int, default=0, help="NetState level")
+    ap.add_argument("--stage", action="append", default=[],
+                    help="NetState stage (repeat or separate by commas)")
+    ap.add_argument("--weights", help="optional .caffemodel to load first")
+    args = ap.parse_args(argv)
+    _install_logging()
+    stages = [s for group in args.stage for s in group.split(",") if s]
+    from solvers.net import Net
+    try:
+        log.info("Use CPU.")
+        net = Net(args.model, phase=args.phase, level=args.level, stages=stages, weights=args.weights)
+        time_net(net, args.iterations)
+    except DataError as e:
+        print("time: error: the model's data source is not usable: %s\n"
+              "caffe time reads its inputs through the net's data layers: run it from the folder the "
+              "source path is relative to, or give the net Input layers instead." % e, file=sys.stderr)
+        return 1
+    except CaffeError as e:
+        print("time: error: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
