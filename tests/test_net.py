@@ -536,6 +536,24 @@ def test_copy_from_legacy_4d_blob_shapes():
     np.testing.assert_allclose(net.params["s"][0].data, [3, 2, 1])
 
 
+def test_copy_from_v1_caffemodel(tmp_path):
+    need_types("Input", "InnerProduct")
+    net = Net(net_text(INPUT.replace("NetTestInput", "Input"),
+                       'name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                       'inner_product_param { num_output: 2 }'))
+    v1 = caffe_pb2.NetParameter()
+    layer = v1.layers.add(name="ip", type=caffe_pb2.V1LayerParameter.INNER_PRODUCT)
+    layer.bottom.append("data")
+    layer.top.append("ip")
+    layer.blobs.add(num=1, channels=1, height=2, width=3).data.extend(range(6))
+    layer.blobs.add(num=1, channels=1, height=1, width=2).data.extend([7, 8])
+    path = tmp_path / "v1.caffemodel"
+    path.write_bytes(v1.SerializeToString())
+    net.copy_from(str(path))
+    np.testing.assert_allclose(net.params["ip"][0].data, np.arange(6).reshape(2, 3))
+    np.testing.assert_allclose(net.params["ip"][1].data, [7, 8])
+
+
 def test_copy_from_mismatch_names_layer_blob_and_shapes(tmp_path):
     net = Net(net_text(INPUT, SCALE % ("s", "data", "s")))
     src = caffe_pb2.NetParameter()
