@@ -554,6 +554,22 @@ def test_copy_from_v1_caffemodel(tmp_path):
     np.testing.assert_allclose(net.params["ip"][1].data, [7, 8])
 
 
+def test_copy_from_hdf5(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    net = Net(net_text(INPUT, SCALE % ("s", "data", "s"), SCALE % ("t", "s", "t")))
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data/t/0", data=np.array([4, 5, 6], np.float32))
+        f.create_dataset("data/other/0", data=np.zeros(2, np.float32))
+    net.copy_from(str(path))
+    np.testing.assert_allclose(net.params["t"][0].data, [4, 5, 6])
+    np.testing.assert_allclose(net.params["s"][0].data, [1, 2, 3])
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data/t/0", data=np.zeros(4, np.float32))
+    with pytest.raises(NetError, match=r"layer 't' blob 0: shape mismatch, the net has \(3,\) but"):
+        net.copy_from(str(path))
+
+
 def test_copy_from_mismatch_names_layer_blob_and_shapes(tmp_path):
     net = Net(net_text(INPUT, SCALE % ("s", "data", "s")))
     src = caffe_pb2.NetParameter()
