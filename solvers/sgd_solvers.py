@@ -92,7 +92,7 @@ class SGDSolver(Solver):
         params = self.net.learnable_params
         sumsq = f32(0)
         for p in params:
-            sumsq += f32((p.diff * p.diff).sum())
+            sumsq += f32(float((p.diff * p.diff).sum()))
         norm = f32(math.sqrt(float(sumsq)))
         if norm > clip:
             scale = f32(clip / norm)

@@ -211,8 +211,18 @@ def resolve_learned_net(learned_net, state_path):
 def write_side_file(state_path, payload):
     """Write the JSON side file (data positions, RNG state) next to ``state_path``, atomically."""
     path = side_file_path(state_path)
-    atomic_write_bytes(path, lambda: json.dumps(payload, sort_keys=True).encode("utf-8"))
+    atomic_write_bytes(path, lambda: json.dumps(payload, sort_keys=True, default=_jsonable).encode("utf-8"))
     return path
+
+
+def _jsonable(value):
+    """NumPy scalars and arrays in a layer's state become plain JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError("%s is not JSON serialisable; a layer's get_state() must return plain data"
+                    % type(value).__name__)
 
 
 def read_side_file(state_path):

@@ -32,6 +32,7 @@ from netspec.errors import CaffeError, SolverError
 from netspec.io import read_net, read_solver
 from netspec.upgrade import upgrade_solver
 from solvers import rng, snapshot as snap
+from solvers.backend import to_numpy
 from solvers.log import logger as log
 from solvers.lr_policy import check_policy
 
@@ -359,7 +360,7 @@ class Solver:
         index = 0
         for name in net.outputs:
             weight = net.blob_loss_weights[name]
-            values = np.asarray(net.blobs[name].data if scores is None else scores[name]).ravel()
+            values = np.asarray(to_numpy(net.blobs[name].data) if scores is None else scores[name]).ravel()
             for v in values:
                 extra = " (* %g = %g loss)" % (weight, np.float32(weight) * v) if weight else ""
                 log.info("    %s net output #%d: %s = %g%s", kind, index, name, v, extra)
@@ -414,7 +415,7 @@ class Solver:
             if p.test_compute_loss:
                 loss += iter_loss
             for name in test_net.outputs:
-                values = np.array(test_net.blobs[name].data, dtype=np.float32, copy=True).ravel()
+                values = to_numpy(test_net.blobs[name].data).astype(np.float32).ravel()
                 if name in sums:
                     sums[name] += values
                 else:
@@ -470,7 +471,11 @@ class Solver:
         self.current_step = int(state["current_step"])
         self.restore_history(state["history"], state_file)
         side = snap.read_side_file(state_file)
-        if side is not None:
+        if side is not None and side.get("iter") != self.iter:
+            log.warning("Ignoring side file %s: it belongs to iteration %s, the solver state to %d "
+                        "(a stale file from another run?)", snap.side_file_path(state_file),
+                        side.get("iter"), self.iter)
+        elif side is not None:
             self._restore_side_state(side, state_file)
 
     def _restore_side_state(self, side, state_file):

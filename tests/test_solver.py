@@ -297,7 +297,8 @@ def test_solve_logs_in_caffes_words(tmp_path, caplog):
     assert re.search(r"    Train net output #0: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)", text)
     assert "Iteration 2, lr = 0.1" in text and "Iteration 1, lr" not in text
     assert "Snapshotting to binary proto file %s" % (tmp_path / "snap_iter_2.caffemodel") in text
-    assert "Snapshotting solver state to binary proto file %s" % (tmp_path / "snap_iter_4.solverstate") in text
+    state = tmp_path / "snap_iter_4.solverstate"
+    assert "Snapshotting solver state to binary proto file %s" % state in text
     assert re.search(r"Iteration 4, loss = [\d.]+", text)
     assert text.rstrip().endswith("Optimization Done.")
     assert not os.path.exists(tmp_path / "snap_iter_5.caffemodel")
@@ -389,3 +390,17 @@ def test_glog_format_is_what_caffe_log_parsers_expect(tmp_path):
     assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ solver\.py:\d+\] Iteration 0 \(", lines[0])
     record = logging.LogRecord("caffe", logging.WARNING, "/x/sgd_solvers.py", 7, "careful", None, None)
     assert re.match(r"^W\d{4} [\d:.]+ +\d+ sgd_solvers\.py:7\] careful$", GlogFormatter().format(record))
+
+
+def test_stale_side_file_is_ignored_with_a_warning(tmp_path, caplog):
+    import json
+    solver = input_solver(tmp_path, snapshot=2)
+    solver.step(2)
+    side = tmp_path / "snap_iter_2.solverstate.json"
+    payload = json.loads(side.read_text())
+    payload["iter"] = 7
+    side.write_text(json.dumps(payload))
+    other = input_solver(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="caffe"):
+        other.restore(str(tmp_path / "snap_iter_2.solverstate"))
+    assert other.iter == 2 and "Ignoring side file" in caplog.text
