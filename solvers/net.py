@@ -119,8 +119,9 @@ class Net:
     def _init(self, in_param):
         self.phase = in_param.state.phase
         filtered = filter_net(in_param)
-        from google.protobuf import text_format
-        log.info("Initializing net from parameters: \n%s", text_format.MessageToString(filtered))
+        if log.isEnabledFor(logging.INFO):
+            from google.protobuf import text_format
+            log.info("Initializing net from parameters: \n%s", text_format.MessageToString(filtered))
         param = insert_splits(filtered)
         self.net_param = param
         self.name = param.name

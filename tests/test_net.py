@@ -31,92 +31,105 @@ def need_types(*types):
 
 # -- tiny layers with obvious gradients -------------------------------------------------------
 
-if "NetTestInput" not in LAYER_REGISTRY:
-    @register_layer("NetTestInput")
-    class NetTestInput(Layer):
-        """Tops shaped by input_param, like Caffe's Input."""
-        exact_num_bottom = 0
+@pytest.fixture(autouse=True, scope="module")
+def _test_layers():
+    """Register the NetTest* layers for this module only, so other suites see the real registry."""
+    added = [n for n in TEST_LAYERS if n not in LAYER_REGISTRY]
+    for name in added:
+        register_layer(name)(TEST_LAYERS[name])
+    yield
+    for name in added:
+        LAYER_REGISTRY.pop(name, None)
 
-        def layer_setup(self, bottom, top):
-            shapes = self.layer_param.input_param.shape
-            for i, t in enumerate(top):
-                t.reshape(tuple(shapes[min(i, len(shapes) - 1)].dim))
 
-        def reshape(self, bottom, top):
-            pass
+class NetTestInput(Layer):
+    """Tops shaped by input_param, like Caffe's Input."""
+    exact_num_bottom = 0
 
-        def forward(self, bottom, top):
-            pass
+    def layer_setup(self, bottom, top):
+        shapes = self.layer_param.input_param.shape
+        for i, t in enumerate(top):
+            t.reshape(tuple(shapes[min(i, len(shapes) - 1)].dim))
 
-    @register_layer("NetTestScale")
-    class NetTestScale(Layer):
-        """top = w * bottom, one weight per feature (w starts at 1, 2, 3, ...)."""
-        exact_num_bottom = 1
-        exact_num_top = 1
+    def reshape(self, bottom, top):
+        pass
 
-        def layer_setup(self, bottom, top):
-            from solvers.blob import Blob
-            w = Blob(bottom[0].shape[1:])
-            w.data[...] = np.arange(1, w.count + 1, dtype=np.float32).reshape(w.shape)
-            self.blobs = [w]
-            self.param_propagate_down = [True]
+    def forward(self, bottom, top):
+        pass
 
-        def reshape(self, bottom, top):
-            top[0].reshape(bottom[0].shape)
 
-        def forward(self, bottom, top):
-            top[0].data[...] = bottom[0].data * self.blobs[0].data
+class NetTestScale(Layer):
+    """top = w * bottom, one weight per feature (w starts at 1, 2, 3, ...)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
 
-        def backward(self, top, propagate_down, bottom):
-            if self.param_propagate_down[0]:
-                self.blobs[0].diff[...] += (top[0].diff * bottom[0].data).sum(axis=0)
-            if propagate_down[0]:
-                bottom[0].diff[...] = top[0].diff * self.blobs[0].data
+    def layer_setup(self, bottom, top):
+        from solvers.blob import Blob
+        w = Blob(bottom[0].shape[1:])
+        w.data[...] = np.arange(1, w.count + 1, dtype=np.float32).reshape(w.shape)
+        self.blobs = [w]
+        self.param_propagate_down = [True]
 
-    @register_layer("NetTestSumLoss")
-    class NetTestSumLoss(Layer):
-        """loss = sum(bottom[0]); an optional second bottom (a 'label') takes no gradient."""
-        min_bottom, max_bottom = 1, 2
-        exact_num_top = 1
-        is_loss = True
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
 
-        def allow_force_backward(self, bottom_index):
-            return bottom_index != 1
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data * self.blobs[0].data
 
-        def reshape(self, bottom, top):
-            top[0].reshape(())
+    def backward(self, top, propagate_down, bottom):
+        if self.param_propagate_down[0]:
+            self.blobs[0].diff[...] += (top[0].diff * bottom[0].data).sum(axis=0)
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.blobs[0].data
 
-        def forward(self, bottom, top):
-            top[0].data[...] = bottom[0].data.sum()
 
-        def backward(self, top, propagate_down, bottom):
-            if propagate_down[0]:
-                bottom[0].diff[...] = top[0].diff
+class NetTestSumLoss(Layer):
+    """loss = sum(bottom[0]); an optional second bottom (a 'label') takes no gradient."""
+    min_bottom, max_bottom = 1, 2
+    exact_num_top = 1
+    is_loss = True
 
-    @register_layer("NetTestAutoTop")
-    class NetTestAutoTop(Layer):
-        """Copies its bottom to top 0 and ones to top 1; top 1 is created when not named."""
-        exact_num_bottom = 1
-        exact_num_top = 2
-        auto_top_blobs = True
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1
 
-        def reshape(self, bottom, top):
-            top[0].reshape(bottom[0].shape)
-            top[1].reshape(bottom[0].shape)
+    def reshape(self, bottom, top):
+        top[0].reshape(())
 
-        def forward(self, bottom, top):
-            top[0].data[...] = bottom[0].data
-            top[1].data[...] = 1
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data.sum()
 
-    @register_layer("NetTestBroken")
-    class NetTestBroken(Layer):
-        """Fails in set-up the way an unguarded NumPy call would."""
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
 
-        def layer_setup(self, bottom, top):
-            np.zeros(3).reshape(2, 2)
 
-        def reshape(self, bottom, top):
-            pass
+class NetTestAutoTop(Layer):
+    """Copies its bottom to top 0 and ones to top 1; top 1 is created when not named."""
+    exact_num_bottom = 1
+    exact_num_top = 2
+    auto_top_blobs = True
+
+    def reshape(self, bottom, top):
+        top[0].reshape(bottom[0].shape)
+        top[1].reshape(bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+        top[1].data[...] = 1
+
+
+class NetTestBroken(Layer):
+    """Fails in set-up the way an unguarded NumPy call would."""
+
+    def layer_setup(self, bottom, top):
+        np.zeros(3).reshape(2, 2)
+
+    def reshape(self, bottom, top):
+        pass
+
+
+TEST_LAYERS = {cls.__name__: cls for cls in
+               (NetTestInput, NetTestScale, NetTestSumLoss, NetTestAutoTop, NetTestBroken)}
 
 
 def net_text(*layers, extra=""):
@@ -398,7 +411,7 @@ def test_need_backward():
     assert nb["learn"] is True and bnb["learn"] == [False]
     assert nb["dead"] is False          # does not reach a loss
     assert nb["loss"] is True and bnb["loss"] == [True]
-    x = fill_input(net)
+    fill_input(net)
     net.forward_backward()
     assert not net.layer_by_name("frozen").blobs[0].diff.any()
     assert net.layer_by_name("learn").blobs[0].diff.any()
