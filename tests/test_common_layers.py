@@ -422,3 +422,18 @@ def test_layers_in_a_net():
     w_grad = (2 * ip + 0.5).T @ net.blobs["bn"].data
     np.testing.assert_allclose(net.params["ip"][0].diff, w_grad, rtol=1e-4, atol=1e-6)
     assert not any(net.layer_dict["bn"].param_propagate_down)
+
+
+def test_softmax_in_place():
+    x = rnd(2, 3)
+    b = blob(x)
+    layer = create_layer(lp_of('type: "Softmax"'))
+    layer.setup([b], [b])
+    layer.forward([b], [b])
+    e = np.exp(x - x.max(1, keepdims=True))
+    y = e / e.sum(1, keepdims=True)
+    np.testing.assert_allclose(b.data, y, rtol=1e-5)
+    dy = rnd(2, 3, seed=1)
+    b.diff[...] = dy
+    layer.backward([b], [True], [b])
+    np.testing.assert_allclose(b.diff, y * (dy - (dy * y).sum(1, keepdims=True)), rtol=1e-4, atol=1e-6)

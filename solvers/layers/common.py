@@ -785,30 +785,23 @@ class ScaleLayer(_AxisBroadcast):
 
 @register_layer("Softmax")
 class SoftmaxLayer(Layer):
-    """Softmax over ``axis`` (max-shifted for stability)."""
+    """Softmax over ``axis`` (the toolkit's one softmax, shared with SoftmaxWithLoss)."""
     exact_num_bottom = 1
     exact_num_top = 1
 
     def reshape(self, bottom, top):
         self.axis = _canonical(self, bottom[0], self.layer_param.softmax_param.axis)
-        self.shape3 = (bottom[0].count_range(0, self.axis), bottom[0].shape[self.axis],
-                       bottom[0].count_range(self.axis + 1))
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        xp = self.xp_of(bottom[0])
-        x = bottom[0].data.reshape(self.shape3)
-        e = xp.exp(x - x.max(axis=1, keepdims=True))
-        e /= e.sum(axis=1, keepdims=True)
-        top[0].data.reshape(self.shape3)[...] = e
+        from solvers.layers.loss import softmax
+        softmax(bottom[0].data, self.axis, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
+        from solvers.layers.loss import softmax_backward
         if propagate_down[0]:
-            y = top[0].data.reshape(self.shape3)
-            dy = top[0].diff.reshape(self.shape3)
-            dx = (dy - (dy * y).sum(axis=1, keepdims=True)) * y
-            bottom[0].diff.reshape(self.shape3)[...] = dx
+            softmax_backward(top[0].data, top[0].diff, self.axis, out=bottom[0].diff)
 
 
 @register_layer("MVN")
