@@ -373,3 +373,17 @@ def test_corrupt_record_is_raised_in_forward(tmp_path):
     with pytest.raises(DataError, match="00000001.*not a serialized caffe Datum"):
         forward(layer, top)
     layer.close()
+
+
+def test_seed_lenet_net_reads_caffes_lmdb_relative_to_cwd(monkeypatch):
+    need_golden()
+    from solvers.net import Net
+    _, labels = golden_digits()
+    monkeypatch.chdir(GOLDEN)
+    net = Net("lenet_auto_train.prototxt", "TRAIN")
+    try:
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["label"].data, labels[:64])
+        assert net.layers[0].get_state()["cursor"]["index"] == 64
+    finally:
+        net.layers[0].close()

@@ -37,6 +37,7 @@ class LevelDBReader:
 class LevelDBCursor:
     def __init__(self, reader):
         self.reader = reader
+        self.wrapped = 0
         if reader.entries == 0:
             raise DataError("%s is empty: it holds no records" % reader.what)
         self.seek_first()
@@ -55,6 +56,7 @@ class LevelDBCursor:
             self.index += 1
         except StopIteration:
             self.seek_first()
+            self.wrapped += 1
 
     def read(self, n):
         out = []

@@ -6,6 +6,7 @@ each transformer from its global RNG. Drawing from a private generator keeps
 runs repeatable although the batches are made in a background thread, and its
 state is part of the source's saved position.
 """
+import logging
 import os
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 from netspec.errors import DataError
 from solvers.data.datum import datums_to_batch, parse_datum, hwc_to_chw
 from solvers.data.prefetch import BatchSource
+
+log = logging.getLogger("caffe")
 
 
 def child_rng():
@@ -50,19 +53,19 @@ class DatumBatchSource(BatchSource):
     def next_batch(self):
         start = self.cursor.index
         keys, datums = [], []
+        wrapped = self.cursor.wrapped
         for _ in range(self.batch_size):
             keys.append(self.cursor.key)
             datums.append(self._parse(self.cursor.value, keys[-1]))
             self.cursor.next()
+        if self.cursor.wrapped != wrapped:
+            log.info("Restarting data prefetching from start.")
         x = datums_to_batch(datums, self.transformer.decode_color, "%s: batch from record %d"
                             % (self.where, start))
-        if x.shape[1:] != self.item_shape:
-            bad = next(i for i, d in enumerate(datums)
-                       if datums_to_batch([d], self.transformer.decode_color).shape[1:] != self.item_shape)
+        if x.shape[1:] != self.item_shape:  # the whole batch agrees, but not with record 0
             raise DataError("%s: record %r has shape %s but the first record has %s; every record "
-                            "must have the same shape" % (self.where, keys[bad],
-                                                         datums_to_batch([datums[bad]]).shape[1:],
-                                                         self.item_shape))
+                            "must have the same shape (resize them when converting)"
+                            % (self.where, keys[0], x.shape[1:], self.item_shape))
         data = self.transformer(x, self.rng)
         if not self.with_label:
             return (data,)

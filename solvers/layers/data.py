@@ -12,6 +12,7 @@ read position is part of ``get_state()``, so a snapshot can resume exactly.
 Batches are made on the host (NumPy) and copied into the top blobs, whatever
 their array module.
 """
+import logging
 import os
 import weakref
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from netspec.errors import DataError
 from solvers.layer import Layer, register_layer
+
+log = logging.getLogger("caffe")
 
 
 def _copy_into(blob, array):
@@ -133,6 +136,8 @@ class DataLayer(_PrefetchingData):
             cursor.close()
             getattr(db, "release", db.close)()
             raise
+        log.info("Opened %s %s", "lmdb" if p.backend == p.LMDB else "leveldb", p.source)
+        log.info("output data size: %s", ",".join(str(d) for d in source.top_shape))
         self.start_prefetch(source, p.prefetch)
 
 
