@@ -82,37 +82,52 @@ def im2col(x, kernel, pad, stride, dilation, out=None):
     return out
 
 
-def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, pad_buffer=None):
+def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, scratch=None, batch_last=False):
     """Adjoint of ``im2col``: sum the column matrix back into an (N, C, *spatial) array.
 
-    Overlapping patches add up. Entries that came from the zero padding are
-    dropped. Writes (overwrites) ``out`` when given; ``pad_buffer`` is an
-    optional scratch array of the padded shape.
+    Overlapping patches add up; entries that came from the zero padding are
+    dropped. The sums run in a padded scratch array laid out like the column
+    blocks, so every add is a plain strided slice; one transposing copy then
+    writes (overwrites) ``out``.
+
+    ``batch_last=True`` says the columns are ordered (o_0, o_1, ..., n)
+    instead of (n, o_0, ...). That order is faster here (each add runs over
+    long contiguous rows); a convolution's backward pass can produce it at
+    the cost of one small transpose. ``scratch`` (shape
+    ``col2im_scratch_shape``) may be kept by the caller across calls.
     """
     xp = get_array_module(col)
     n, c = x_shape[:2]
     spatial = tuple(x_shape[2:])
+    nd = len(spatial)
     osp = out_shape(spatial, kernel, pad, stride, dilation)
-    padded_shape = (n, c) + tuple(s + 2 * p for s, p in zip(spatial, pad))
-    if any(pad):
-        if pad_buffer is None or pad_buffer.shape != padded_shape:
-            pad_buffer = xp.empty(padded_shape, dtype=col.dtype)
-        acc = pad_buffer
+    acc_shape = col2im_scratch_shape(x_shape, pad, batch_last)
+    if scratch is None or scratch.shape != acc_shape or scratch.dtype != col.dtype:
+        scratch = xp.empty(acc_shape, dtype=col.dtype)
+    scratch[...] = 0
+    if batch_last:
+        blocks = col.reshape((c,) + tuple(kernel) + osp + (n,))
+        lead, tail = (slice(None),), (slice(None),)
     else:
-        if out is None or out.shape != tuple(x_shape):
-            out = xp.empty(tuple(x_shape), dtype=col.dtype)
-        acc = out
-    acc[...] = 0
-    blocks = col.reshape((c,) + tuple(kernel) + (n,) + osp)
+        blocks = col.reshape((c,) + tuple(kernel) + (n,) + osp)
+        lead, tail = (slice(None), slice(None)), ()
     for offs in itertools.product(*[range(k) for k in kernel]):
-        target = (slice(None), slice(None)) + tuple(
-            slice(o * d, o * d + st * (m - 1) + 1, st)
-            for o, d, st, m in zip(offs, dilation, stride, osp))
-        # blocks[:, offs] is (C, N, O...); the target slice is (N, C, O...).
-        acc[target] += xp.swapaxes(blocks[(slice(None),) + offs], 0, 1)
-    if not any(pad):
-        return acc
+        target = lead + tuple(slice(o * d, o * d + st * (m - 1) + 1, st)
+                              for o, d, st, m in zip(offs, dilation, stride, osp)) + tail
+        scratch[target] += blocks[(slice(None),) + offs]
     if out is None or out.shape != tuple(x_shape):
         out = xp.empty(tuple(x_shape), dtype=col.dtype)
-    out[...] = acc[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, spatial))]
+    inner = tuple(slice(p, p + s) for p, s in zip(pad, spatial))
+    if batch_last:  # (C, *spatial, N) -> (N, C, *spatial)
+        out[...] = scratch[(slice(None),) + inner + (slice(None),)].transpose(
+            (nd + 1, 0) + tuple(range(1, nd + 1)))
+    else:  # (C, N, *spatial) -> (N, C, *spatial)
+        out[...] = xp.swapaxes(scratch[(slice(None), slice(None)) + inner], 0, 1)
     return out
+
+
+def col2im_scratch_shape(x_shape, pad, batch_last=False):
+    """Shape of col2im's padded sum buffer: (C, N, *padded) or (C, *padded, N)."""
+    n, c = x_shape[:2]
+    padded = tuple(s + 2 * p for s, p in zip(x_shape[2:], pad))
+    return (c,) + padded + (n,) if batch_last else (c, n) + padded

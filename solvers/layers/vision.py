@@ -12,7 +12,7 @@ import numpy as np
 from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
-from solvers.im2col import col2im, im2col, out_shape, pad_input
+from solvers.im2col import col2im, col2im_scratch_shape, im2col, out_shape, pad_input
 from solvers.layer import Layer, register_layer
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -223,11 +223,15 @@ class ConvolutionLayer(_BaseConvolution):
                 dw = xp.matmul(dy_mat, col.reshape(G, -1, npix).transpose(0, 2, 1))
                 self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
             if propagate_down[i]:
-                dcol = xp.matmul(w.transpose(0, 2, 1), dy_mat).reshape(c * g.kernel_count, npix)
-                scratch = self._buffer(dy, "dpad", self._padded_shape(c, self.in_spatial)) \
-                    if any(g.pad) else None
+                # Columns ordered (pixel, n) make col2im's adds run over long rows.
+                dy_t = self._buffer(dy, "dy_t", (m, npix))
+                dy_t.reshape(m, -1, n)[...] = dy.transpose(1, 2, 0)
+                dcol = self._buffer(dy, "dcol", (c * g.kernel_count, npix))
+                xp.matmul(w.transpose(0, 2, 1), dy_t.reshape(G, m // G, npix),
+                          out=dcol.reshape(G, -1, npix))
+                scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, True))
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
-                       out=b.diff.reshape(x_shape), pad_buffer=scratch)
+                       out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
 
 
 @register_layer("Deconvolution")
@@ -252,10 +256,9 @@ class DeconvolutionLayer(_BaseConvolution):
             x_mat = self._buffer(x, "x%d" % i, (c, npix))
             x_mat.reshape(c, n, -1)[...] = x.transpose(1, 0, 2)
             col = xp.matmul(w.transpose(0, 2, 1), x_mat.reshape(G, c // G, npix))
-            scratch = self._buffer(col, "ypad", self._padded_shape(m, self.out_spatial)) \
-                if any(g.pad) else None
             col2im(col.reshape(m * g.kernel_count, npix), y_shape, g.kernel, g.pad, g.stride,
-                   g.dilation, out=t.data.reshape(y_shape), pad_buffer=scratch)
+                   g.dilation, out=t.data.reshape(y_shape),
+                   scratch=self._buffer(col, "col2im", col2im_scratch_shape(y_shape, g.pad)))
             if len(self.blobs) > 1:
                 t.data.reshape(n, m, -1)[...] += self.blobs[1].data[:, None]
 
@@ -434,39 +437,50 @@ class PoolingLayer(Layer):
         self._divisor = xp.asarray(np.outer(hs, ws).astype(np.float32))
         self.disjoint = sh >= kh and sw >= kw
         self._argmax = None
+        self._arg = None
+
+    def _padded(self, x, fill_value):
+        """``x`` inside a border of ``fill_value`` wide enough for every window (or ``x`` itself)."""
+        n, c, h, w = x.shape
+        (ph, pw), (hb, wb) = self.pad, self.buf_hw
+        if (hb, wb) == (h, w):
+            return x
+        if self._buf is None or self._buf_fill != fill_value or self._buf.dtype != x.dtype:
+            self._buf = get_array_module(x).full((n, c, hb, wb), fill_value, dtype=x.dtype)
+            self._buf_fill = fill_value
+        self._buf[:, :, ph:ph + h, pw:pw + w] = x
+        return self._buf
+
+    def _at_offset(self, a, i, j):
+        """Element (i, j) of every window: a strided (N, C, OH, OW) view of the padded array."""
+        (sh, sw), (oh, ow) = self.stride, self.out_hw
+        return a[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+    def _offsets(self):
+        kh, kw = self.kernel
+        return [(i, j) for i in range(kh) for j in range(kw)]
 
     def _windows(self, x, fill_value):
-        """A (N, C, OH, OW, KH*KW) copy of every window; outside the input reads ``fill_value``."""
+        """A (N, C, OH, OW, KH*KW) copy of every window (STOCHASTIC needs them all at once)."""
         xp = get_array_module(x)
-        n, c, h, w = x.shape
-        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
-        hb, wb = self.buf_hw
-        oh, ow = self.out_hw
-        if (hb, wb) != (h, w):
-            if self._buf is None or self._buf_fill != fill_value or self._buf.dtype != x.dtype:
-                self._buf = xp.full((n, c, hb, wb), fill_value, dtype=x.dtype)
-                self._buf_fill = fill_value
-            self._buf[:, :, ph:ph + h, pw:pw + w] = x
-            x = self._buf
-        s = x.strides
+        src = self._padded(x, fill_value)
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        s = src.strides
         view = xp.lib.stride_tricks.as_strided(
-            x, shape=(n, c, oh, ow, kh, kw), strides=(s[0], s[1], sh * s[2], sw * s[3], s[2], s[3]),
-            writeable=False)
-        return view.reshape(n, c, oh, ow, kh * kw)
+            src, shape=src.shape[:2] + (oh, ow, kh, kw),
+            strides=(s[0], s[1], sh * s[2], sw * s[3], s[2], s[3]), writeable=False)
+        return view.reshape(src.shape[:2] + (oh, ow, kh * kw))
 
-    def _scatter_windows(self, xp, dwin, bottom_diff):
-        """Add a (N, C, OH, OW, KH, KW) array of window gradients back onto the input."""
+    def _scatter_windows(self, xp, grad_at, bottom_diff):
+        """Sum ``grad_at(k)`` (the gradient reaching window element k) back onto the input."""
         n, c, h, w = bottom_diff.shape
-        (kh, kw), (ph, pw), (sh, sw) = self.kernel, self.pad, self.stride
-        hb, wb = self.buf_hw
-        oh, ow = self.out_hw
+        (ph, pw), (hb, wb) = self.pad, self.buf_hw
         if self._dbuf is None or self._dbuf.dtype != bottom_diff.dtype:
             self._dbuf = xp.empty((n, c, hb, wb), dtype=bottom_diff.dtype)
         acc = self._dbuf
         acc[...] = 0
-        for i in range(kh):
-            for j in range(kw):
-                acc[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += dwin[..., i, j]
+        for k, (i, j) in enumerate(self._offsets()):
+            self._at_offset(acc, i, j)[...] += grad_at(k)
         bottom_diff[...] = acc[:, :, ph:ph + h, pw:pw + w]
 
     def _scatter_index(self, xp, index, values, bottom_diff):
@@ -484,13 +498,31 @@ class PoolingLayer(Layer):
         x = bottom[0].data
         P = self.P
         if self.method == P.MAX:
-            win = self._windows(x, -np.inf)
-            arg = win.argmax(axis=-1)[..., None]
-            top[0].data[...] = xp.take_along_axis(win, arg, axis=-1)[..., 0]
-            self._set_argmax(xp, arg[..., 0], top)
+            # Walk the window offsets in row-major order; a strictly larger value
+            # replaces the best so far, so ties keep the first maximum (Caffe's rule).
+            # (Branch-free: k only grows, so max(arg, better * k) records the latest winner.)
+            src = self._padded(x, -np.inf)
+            best = top[0].data
+            if self._arg is None or self._arg[0].shape != best.shape:
+                self._arg = (xp.empty(best.shape, dtype=xp.int32), xp.empty(best.shape, dtype=xp.int32),
+                             xp.empty(best.shape, dtype=bool))
+            arg, step, better = self._arg
+            best[...] = self._at_offset(src, 0, 0)
+            arg[...] = 0
+            for k, (i, j) in enumerate(self._offsets()[1:], 1):
+                v = self._at_offset(src, i, j)
+                xp.greater(v, best, out=better)
+                xp.maximum(best, v, out=best)
+                xp.multiply(better, k, out=step)
+                xp.maximum(arg, step, out=arg)
+            self._set_argmax(xp, arg, top)
         elif self.method == P.AVE:
-            win = self._windows(x, 0.0)
-            top[0].data[...] = win.sum(axis=-1) / self._divisor
+            src = self._padded(x, 0.0)
+            acc = top[0].data
+            acc[...] = self._at_offset(src, 0, 0)
+            for i, j in self._offsets()[1:]:
+                acc += self._at_offset(src, i, j)
+            acc /= self._divisor
         elif self.method == P.STOCHASTIC:
             win = self._windows(x, 0.0)
             if self.phase == self.TRAIN:  # sample one element per window
@@ -523,15 +555,13 @@ class PoolingLayer(Layer):
         if self.method == P.MAX or (self.method == P.STOCHASTIC and self.phase == self.TRAIN):
             self._scatter_index(xp, self._argmax, dy, bottom[0].diff)
             return
-        kh, kw = self.kernel
         if self.method == P.AVE:
             g = dy / self._divisor
-            dwin = xp.broadcast_to(g[..., None, None], g.shape + (kh, kw))
+            self._scatter_windows(xp, lambda k: g, bottom[0].diff)
         else:  # STOCHASTIC TEST: d/dx_i [sum x^2 / sum x] = (2 x_i - y) / sum x
             y = top[0].data
             dwin = (dy / self._sum)[..., None] * (2 * self._win - y[..., None])
-            dwin = dwin.reshape(dwin.shape[:-1] + (kh, kw))
-        self._scatter_windows(xp, dwin, bottom[0].diff)
+            self._scatter_windows(xp, lambda k: dwin[..., k], bottom[0].diff)
 
 
 def _rng_uniform(shape):
