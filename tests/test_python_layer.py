@@ -114,7 +114,8 @@ def test_missing_module_names_layer_module_and_path(tmp_path, monkeypatch):
     with pytest.raises(LayerError) as err:
         create_layer(python_lp("no_such_module_xyz", "Foo"))
     msg = str(err.value)
-    assert "'py'" in msg and "no_such_module_xyz" in msg and "PYTHONPATH" in msg and str(tmp_path) in msg
+    assert "'py'" in msg and "no_such_module_xyz" in msg and "'Foo'" in msg
+    assert "PYTHONPATH" in msg and str(tmp_path) in msg
     assert isinstance(err.value.__cause__, ModuleNotFoundError)
 
 

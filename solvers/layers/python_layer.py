@@ -20,7 +20,8 @@ the instance, then ``setup(bottom, top)`` and ``reshape(bottom, top)`` run;
                 bottom[0].diff[...] = self.factor * top[0].diff
 
 Learnable parameters go in ``self.blobs`` (``self.blobs.add_blob(*shape)``);
-the net treats them like any layer's parameters. Any exception raised by the
+the net treats them like any layer's parameters. ``share_in_parallel`` is
+read but has no effect (there is one solver process). Any exception raised by the
 user's code comes out as a LayerError naming the layer, with the original
 exception (and its traceback) chained as ``__cause__``.
 """
@@ -78,7 +79,7 @@ class PythonLayer:
                                   "keep gradients away from it (propagate_down: false)" % type(self).__name__)
 
 
-def _import_module(layer, name):
+def _import_module(layer, name, class_name):
     """Import the user's module by name, with the working directory on sys.path as pycaffe users expect."""
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
@@ -88,12 +89,14 @@ def _import_module(layer, name):
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
             raise layer.error(
-                "python_param.module %r not found. Python looked in the working directory %s and sys.path "
-                "(%s); put %s.py there or add its folder to PYTHONPATH"
-                % (name, cwd, os.pathsep.join(p or "." for p in sys.path), name.replace(".", os.sep))) from e
-        raise layer.error("importing python_param.module %r failed: %s" % (name, e)) from e
+                "python_param.module %r (holding layer class %r) not found. Python looked in the working "
+                "directory %s and sys.path (%s); put %s.py there or add its folder to PYTHONPATH"
+                % (name, class_name, cwd, os.pathsep.join(p or "." for p in sys.path),
+                   name.replace(".", os.sep))) from e
+        raise layer.error("importing python_param.module %r (for class %r) failed: %s" % (name, class_name, e)) from e
     except Exception as e:
-        raise layer.error("importing python_param.module %r raised %s: %s" % (name, type(e).__name__, e)) from e
+        raise layer.error("importing python_param.module %r (for class %r) raised %s: %s"
+                          % (name, class_name, type(e).__name__, e)) from e
 
 
 def _instantiate(layer, cls, layer_param, where):
@@ -121,7 +124,7 @@ class PythonLayerHost(Layer):
         if not pp.module or not pp.layer:
             raise self.error("python_param needs both module and layer (got module %r, layer %r)"
                              % (pp.module, pp.layer))
-        module = _import_module(self, pp.module)
+        module = _import_module(self, pp.module, pp.layer)
         cls = getattr(module, pp.layer, None)
         where = "%s.%s" % (pp.module, pp.layer)
         self.source_file = getattr(module, "__file__", "?")
