@@ -123,3 +123,57 @@ def test_snapshots_match_caffe(name, tmp_path):
                 assert list(a.shape.dim) == list(b.shape.dim)
                 np.testing.assert_allclose(a.data, b.data, rtol=RTOL, atol=ATOL)
             assert not any(len(b.diff) for b in la.blobs)   # snapshot_diff is off
+
+
+# -- LeNet on MNIST (../shared/golden/lenet): the solver on a real net and Data layers ----------
+
+LENET = GOLDEN.parent / "lenet"
+
+
+def _lenet_solver(tmp_path, monkeypatch, weights=None):
+    if not (LENET / "lenet_auto_solver.prototxt").is_file():
+        pytest.skip("golden LeNet data not found at %s" % LENET)
+    monkeypatch.chdir(LENET)   # the solver names its nets and LMDBs relative to this folder
+    param = read_solver_param("lenet_auto_solver.prototxt")
+    param.snapshot_prefix = str(tmp_path / "lenet")
+    return Solver(param, weights=weights)
+
+
+def _logged(pattern):
+    import re
+    text = (LENET / "train.log").read_text()
+    return float(re.search(pattern, text).group(1))
+
+
+def test_lenet_from_caffes_init_follows_its_curve(tmp_path, monkeypatch):
+    solver = _lenet_solver(tmp_path, monkeypatch, weights=["lenet_init.caffemodel"])
+    solver.step(11)   # tests at iteration 0 first (test_initialization)
+    curve = np.load(LENET / "curve.npz")
+    assert list(curve["train_iter"][:2]) == [0, 10]
+    np.testing.assert_allclose([solver.losses[0], solver.losses[10]], curve["train_loss"][:2], rtol=RTOL)
+    test_loss = _logged(r"Iteration 0, Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
+                                     r"loss = (\S+)")
+    assert solver.mean_scores[0][0] == pytest.approx(test_loss, rel=RTOL)
+
+
+def test_lenet_resumes_from_caffes_snapshot(tmp_path, monkeypatch):
+    """At iteration 250 Caffe's data layer had read exactly two epochs, so resuming from its
+    snapshot (which forgets the position) sees the same batches as its uninterrupted run."""
+    solver = _lenet_solver(tmp_path, monkeypatch)
+    solver.restore("lenet_iter_250.solverstate")
+    assert solver.iter == 250 and len(solver.history) == 8
+    solver.step(11)
+    np.testing.assert_allclose(
+        [solver.losses[0], solver.losses[10]],
+        [_logged(r"Iteration 250 \(.*loss = (\S+)"),
+         _logged(r"Iteration 260 \(.*loss = (\S+)")], rtol=RTOL)
+    assert solver.learning_rate == pytest.approx(_logged(r"Iteration 260, lr = (\S+)"),
+                                                 rel=RTOL)
+
+
+def test_lenet_final_snapshot_tests_like_caffe(tmp_path, monkeypatch):
+    solver = _lenet_solver(tmp_path, monkeypatch, weights=["lenet_iter_500.caffemodel"])
+    scores = solver.test(0)
+    assert scores["loss"] == pytest.approx(
+        _logged(r"Iteration 500, Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
+                             r"loss = (\S+)"), rel=RTOL)
