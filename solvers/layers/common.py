@@ -5,7 +5,6 @@ Each class is one Caffe layer type with Caffe's semantics (BVLC
 layer's ``*_param`` message, learnable blobs live in ``self.blobs`` in Caffe's
 order, bottom diffs are overwritten and parameter diffs accumulated.
 """
-from netspec.errors import LayerError
 from solvers.blob import Blob
 from solvers.layer import Layer, register_layer
 
@@ -33,8 +32,7 @@ def _scatter_add(xp, target, index, values):
 
 def _alias(top, bottom, shape):
     """Make ``top`` a view of ``bottom``'s data with ``shape`` (again, if the bottom moved)."""
-    if top.shape != tuple(shape) or top._data_buf is not bottom._data_buf \
-            or top.data.base is not bottom.data.base:
+    if top.shape != tuple(shape) or top._data_buf is not bottom._data_buf:
         top.reshape(shape)
         top.share_data(bottom)
 

@@ -30,7 +30,6 @@ import inspect
 import os
 import sys
 
-from netspec.errors import LayerError
 from solvers.blob import Blob
 from solvers.layer import Layer, register_layer
 
