@@ -152,7 +152,7 @@ def test_lenet_from_caffes_init_follows_its_curve(tmp_path, monkeypatch):
     assert list(curve["train_iter"][:2]) == [0, 10]
     np.testing.assert_allclose([solver.losses[0], solver.losses[10]], curve["train_loss"][:2], rtol=RTOL)
     test_loss = _logged(r"Iteration 0, Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
-                                     r"loss = (\S+)")
+                        r"loss = (\S+)")
     assert solver.mean_scores[0][0] == pytest.approx(test_loss, rel=RTOL)
 
 
@@ -167,8 +167,7 @@ def test_lenet_resumes_from_caffes_snapshot(tmp_path, monkeypatch):
         [solver.losses[0], solver.losses[10]],
         [_logged(r"Iteration 250 \(.*loss = (\S+)"),
          _logged(r"Iteration 260 \(.*loss = (\S+)")], rtol=RTOL)
-    assert solver.learning_rate == pytest.approx(_logged(r"Iteration 260, lr = (\S+)"),
-                                                 rel=RTOL)
+    assert solver.learning_rate == pytest.approx(_logged(r"Iteration 260, lr = (\S+)"), rel=RTOL)
 
 
 def test_lenet_final_snapshot_tests_like_caffe(tmp_path, monkeypatch):
@@ -176,4 +175,4 @@ def test_lenet_final_snapshot_tests_like_caffe(tmp_path, monkeypatch):
     scores = solver.test(0)
     assert scores["loss"] == pytest.approx(
         _logged(r"Iteration 500, Testing net \(#0\)\n(?:.*\n)*?.*Test net output #0: "
-                             r"loss = (\S+)"), rel=RTOL)
+                r"loss = (\S+)"), rel=RTOL)
