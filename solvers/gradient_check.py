@@ -31,6 +31,7 @@ import numpy as np
 
 from netspec.errors import CaffeError, LayerError
 from solvers import rng as _rng
+from solvers.backend import to_numpy
 from solvers.blob import Blob
 
 STEPSIZE = 1e-2
@@ -205,7 +206,7 @@ def check_layer_gradient(layer, bottom, top=None, stepsize=STEPSIZE, threshold=T
 def _compare(result, targets, analytic, objective, stepsize, threshold, kink, kink_range, max_per_blob=None):
     """Run the analytic pass, then perturb every target entry and compare."""
     analytic()
-    computed = [np.array(b.diff, dtype=np.float64, copy=True).ravel() for _, b in targets]
+    computed = [np.array(to_numpy(b.diff), dtype=np.float64, copy=True).ravel() for _, b in targets]
     for (label, blob), grad in zip(targets, computed):
         flat = blob.data.reshape(-1)
         n = flat.size if max_per_blob is None else min(flat.size, max_per_blob)
