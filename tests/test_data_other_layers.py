@@ -204,3 +204,66 @@ def test_data_layers_take_no_bottoms(images):
     with pytest.raises(CaffeError):
         make_layer('name: "mem" type: "MemoryData" top: "data" '
                    'memory_data_param { batch_size: 1 channels: 1 height: 1 width: 1 }', ntop=1)
+
+
+@pytest.fixture
+def windows(tmp_path):
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(2)]
+    for i, img in enumerate(imgs):
+        cv2.imwrite(str(tmp_path / ("w%d.png" % i)), img)
+    (tmp_path / "windows.txt").write_text(
+        "# 0\nw0.png\n3 20 30\n3\n1 0.9 2 3 12 15\n0 0.1 0 0 29 19\n2 0.3 5 5 9 9\n"
+        "# 1\nw1.png\n3 20 30\n2\n2 0.7 10 2 25 18\n0 0.0 1 1 8 8\n")
+    boxes = {(1, 0): (2, 3, 12, 15), (2, 1): (10, 2, 25, 18)}
+    bgs = [(0, (0, 0, 29, 19)), (0, (5, 5, 9, 9)), (1, (1, 1, 8, 8))]  # overlap < bg_threshold 0.5
+    return tmp_path, imgs, boxes, bgs
+
+
+def window_layer(tmp_path, extra="", transform=""):
+    return make_layer('name: "win" type: "WindowData" top: "data" top: "label" '
+                      'transform_param { crop_size: 8 %s } window_data_param { source: "%s" '
+                      'root_folder: "%s/" batch_size: 4 fg_fraction: 0.5 %s }'
+                      % (transform, tmp_path / "windows.txt", tmp_path, extra))
+
+
+def test_window_data_samples_background_then_foreground_windows(windows):
+    tmp_path, imgs, boxes, bgs = windows
+    set_random_seed(4)
+    layer, top = window_layer(tmp_path, "bg_threshold: 0.5")
+    assert top[0].shape == (4, 3, 8, 8)
+    data, label = fwd(layer, top)
+    layer.close()
+    assert label[:2].tolist() == [0, 0] and set(label[2:].tolist()) <= {1, 2}
+    candidates = [(lab, imgs[i], b) for (lab, i), b in boxes.items()] + [(0, imgs[i], b) for i, b in bgs]
+    for k in range(4):
+        ok = False
+        for lab, img, (x1, y1, x2, y2) in candidates:
+            warped = cv2.resize(img[y1:y2 + 1, x1:x2 + 1], (8, 8)).transpose(2, 0, 1).astype(np.float32)
+            ok |= lab == label[k] and np.array_equal(warped, data[k])
+        assert ok, "item %d is not a warped window of its label" % k
+
+
+def test_window_data_context_pad_leaves_zero_border_and_is_seeded(windows):
+    tmp_path, _, _, _ = windows
+    out = []
+    for _ in range(2):
+        set_random_seed(9)
+        layer, top = window_layer(tmp_path, 'context_pad: 2 crop_mode: "square"', "mirror: true scale: 0.5")
+        out.append(fwd(layer, top))
+        layer.close()
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    # background window 0 covers the whole image: with context padding it sticks out, so zeros remain
+    assert (out[0][0] == 0).any()
+
+
+def test_window_data_errors(windows, tmp_path):
+    tmp_path, _, _, _ = windows
+    (tmp_path / "bad.txt").write_text("# 0\nw0.png\n3 20 30\n2\n1 0.9 2 3 12 15\n")
+    with pytest.raises(DataError, match="ends inside"):
+        make_layer('name: "win" type: "WindowData" top: "data" top: "label" transform_param { crop_size: 8 } '
+                   'window_data_param { source: "%s" batch_size: 2 }' % (tmp_path / "bad.txt"))
+    with pytest.raises(DataError, match="crop_size"):
+        make_layer('name: "win" type: "WindowData" top: "data" top: "label" '
+                   'window_data_param { source: "%s" batch_size: 2 }' % (tmp_path / "windows.txt"))

@@ -7,5 +7,6 @@ The pieces the data layers and the data tools share:
 * ``lmdb_source``  -- LMDB read in Caffe's order; atomic, growing writer
 * ``transformer``  -- Caffe's DataTransformer (scale, mean, crop, mirror), batched
 * ``sources``/``prefetch`` -- batch producers and the background prefetch thread
+* ``window``       -- WindowData's window file and warped windows (R-CNN style)
 * ``mnist``, ``imageset``, ``image_mean``, ``download`` -- library side of the tools
 """

@@ -159,6 +159,25 @@ class ImageDataLayer(_PrefetchingData):
                             self.layer_param.data_param.prefetch)
 
 
+@register_layer("WindowData")
+class WindowDataLayer(_PrefetchingData):
+    """Random foreground/background windows of the images in a window file (R-CNN fine-tuning)."""
+    exact_num_top = 2
+    min_top = max_top = None
+
+    def layer_setup(self, bottom, top):
+        from solvers.data.transformer import DataTransformer
+        from solvers.data.window import WindowSource
+        p = self.layer_param.window_data_param
+        self.check_source(p.source, "window_data_param.source")
+        if p.batch_size <= 0:
+            raise DataError("%s: window_data_param.batch_size must be positive" % self.where())
+        if p.crop_mode not in ("warp", "square"):
+            raise DataError("%s: crop_mode %r is neither 'warp' nor 'square'" % (self.where(), p.crop_mode))
+        transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.where())
+        self.start_prefetch(WindowSource(p, transformer, self.where()), self.layer_param.data_param.prefetch)
+
+
 @register_layer("MemoryData")
 class MemoryDataLayer(_BaseData):
     """Batches cut from arrays given by ``set_input_arrays`` (pycaffe's Net.set_input_arrays).
