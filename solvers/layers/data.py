@@ -3,7 +3,8 @@
 ``Data`` reads Datum records from an LMDB in key order (wrapping at the end)
 and applies ``transform_param``; ``ImageData`` reads image files named in a
 list; ``MemoryData`` serves arrays handed over from Python; ``HDF5Data`` reads
-datasets named after its tops from the HDF5 files in a list; ``HDF5Output``
+datasets named after its tops from the HDF5 files in a list; ``WindowData``
+samples object/background windows listed in a window file; ``HDF5Output``
 writes its two bottoms to an HDF5 file.
 
 Everything that can be checked is checked in ``setup`` (before iteration 0):
@@ -58,6 +59,8 @@ class _PrefetchingData(_BaseData):
 
     def start_prefetch(self, source, depth):
         from solvers.data.prefetch import Prefetcher
+        if self.prefetcher is not None:  # set up again: let the old thread go first
+            self.close()
         self.source = source
         self.top_shape = source.top_shape
         self.prefetcher = Prefetcher(source, depth, name="prefetch-" + self.name)
