@@ -575,6 +575,10 @@ class Net:
         if value.shape[:1] != blob.shape[:1]:
             raise NetError("%s for blob %r is not batch sized: got shape %s, the blob has %s"
                            % (field, name, value.shape, blob.shape))
+        if value.shape != blob.shape:
+            raise NetError("%s for blob %r has shape %s but the blob has %s; reshape the blob "
+                           "(net.blobs[%r].reshape(...), then net.reshape()) to feed another shape"
+                           % (field, name, value.shape, blob.shape, name))
         getattr(blob, field)[...] = value
 
     def reshape(self):
