@@ -336,3 +336,10 @@ def test_bench_prints_images_per_second():
     assert "images/s" in r.stdout
     rate = float(r.stdout.split("transform:")[1].split()[0])
     assert rate > 1000  # a smoke check; the target (>= 20,000/s) is for a quiet machine
+
+
+def test_unreachable_mirror_is_not_retried_for_every_file(tmp_path, mirror):
+    logged = []
+    get_dataset(tmp_path / "out", splits=("test",), mirrors=[DEAD, mirror.url], timeout=5,
+                log=logged.append)
+    assert sum(DEAD in line for line in logged) == 1  # tried for the first file only

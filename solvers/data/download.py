@@ -188,6 +188,7 @@ def get_dataset(out_dir, dataset="mnist", from_dir=None, mirrors=None, splits=("
     os.makedirs(out_dir, exist_ok=True)
     names = [n for s in splits for n in SPLIT_FILES[s]]
     result = {}
+    unreachable = {}  # mirror -> why: not asked again for the next files
     for name in names:
         existing = find_local(out_dir, name)
         if existing:
@@ -220,12 +221,22 @@ def get_dataset(out_dir, dataset="mnist", from_dir=None, mirrors=None, splits=("
         errors = []
         for base in mirrors:
             url = base + name + ".gz"
+            if base in unreachable:
+                errors.append("%s: skipped, %s" % (url, unreachable[base]))
+                continue
             dest = os.path.join(out_dir, name + ".gz")
             log("downloading %s" % url)
             try:
                 how = fetch(url, dest, name, dataset, timeout, log)
-            except (urllib.error.URLError, OSError, DataError) as e:
+            except urllib.error.HTTPError as e:  # the server answered: try it again for other files
+                errors.append("%s: HTTP %s %s" % (url, e.code, e.reason))
+                continue
+            except (urllib.error.URLError, OSError) as e:  # no connection at all
+                unreachable[base] = "unreachable (%s)" % (getattr(e, "reason", None) or e)
                 errors.append("%s: %s" % (url, getattr(e, "reason", None) or e))
+                continue
+            except DataError as e:
+                errors.append("%s: %s" % (url, e))
                 continue
             log("%s: ok (%s)" % (dest, how))
             result[name] = dest
