@@ -10,6 +10,9 @@ forward-backward milliseconds per iteration and the peak RSS; when torch is
 importable, the same net in PyTorch (same weights, same data, same thread
 count; its loss is checked against ours) and the ratio ours / PyTorch.
 ``--profile`` adds the per-layer medians (which layer, forward or backward).
+The two run in alternating blocks of iterations (not interleaved one by one:
+each library's idle BLAS/OpenMP threads spin for a while and would slow the
+other on a small machine).
 """
 import argparse
 import os
@@ -59,7 +62,8 @@ def median_ms(samples):
     return statistics.median(samples) * 1e3
 
 
-def bench_ours(images, labels, iterations, warmup, profile):
+def make_ours(images, labels):
+    """Our net, loaded and fed; returns (net, step) where step() times one iteration."""
     from solvers.net import Net
     net = Net(lenet_param(images.shape[0]))
     weights = os.path.join(GOLDEN_LENET, "lenet_init.caffemodel")
@@ -68,44 +72,40 @@ def bench_ours(images, labels, iterations, warmup, profile):
     net.blobs["data"].data[...] = images
     net.blobs["label"].data[...] = labels
     last = len(net.layers) - 1
-    fwd, bwd, loss = [], [], None
-    per_layer_f = [[] for _ in net.layers]
-    per_layer_b = [[] for _ in net.layers]
     clock = time.perf_counter
-    for it in range(warmup + iterations):
+
+    def step():
         net.clear_param_diffs()
         t0 = clock()
         loss = net.forward_from_to(0, last)
         t1 = clock()
         net.backward_from_to(last, 0)
-        t2 = clock()
-        if it >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    if profile:
-        for _ in range(iterations):
-            for i, (layer, bottom, top) in enumerate(zip(net.layers, net.bottom_vecs, net.top_vecs)):
+        return t1 - t0, clock() - t1, loss
+    return net, step
+
+
+def profile_layers(net, iterations):
+    """Median forward and backward milliseconds of each layer (backward where it runs)."""
+    clock = time.perf_counter
+    fwd = [[] for _ in net.layers]
+    bwd = [[] for _ in net.layers]
+    for _ in range(iterations):
+        for i, (layer, bottom, top) in enumerate(zip(net.layers, net.bottom_vecs, net.top_vecs)):
+            t = clock()
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            fwd[i].append(clock() - t)
+        net._set_loss_diffs()
+        for i in range(len(net.layers) - 1, -1, -1):
+            if net.layer_need_backward[i]:
                 t = clock()
-                layer.reshape(bottom, top)
-                layer.forward(bottom, top)
-                per_layer_f[i].append(clock() - t)
-            net._set_loss_diffs()
-            for i in range(last, -1, -1):
-                if net.layer_need_backward[i]:
-                    t = clock()
-                    net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
-                    per_layer_b[i].append(clock() - t)
-    fb = [f + b for f, b in zip(fwd, bwd)]
-    result = {"forward": median_ms(fwd), "backward": median_ms(bwd), "forward_backward": median_ms(fb),
-              "loss": float(loss), "rss": peak_rss_mib()}
-    if profile:
-        result["layers"] = [(name, median_ms(f), median_ms(b) if b else 0.0)
-                            for name, f, b in zip(net.layer_names, per_layer_f, per_layer_b)]
-    result["net"] = net
-    return result
+                net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
+                bwd[i].append(clock() - t)
+    return [(name, median_ms(f), median_ms(b) if b else 0.0) for name, f, b in zip(net.layer_names, fwd, bwd)]
 
 
-def bench_torch(net, images, labels, iterations, warmup, threads):
+def make_torch(net, images, labels, threads):
+    """The same LeNet in PyTorch with our net's weights; returns step() as make_ours does."""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
@@ -113,6 +113,7 @@ def bench_torch(net, images, labels, iterations, warmup, threads):
          for name, blobs in net.params.items()}
     x = torch.from_numpy(np.array(images))
     y = torch.from_numpy(np.array(labels)).long()
+    clock = time.perf_counter
 
     def forward():
         h = F.conv2d(x, *p["conv1"])
@@ -123,9 +124,7 @@ def bench_torch(net, images, labels, iterations, warmup, threads):
         h = F.linear(h, *p["score"])
         return F.cross_entropy(h, y)
 
-    fwd, bwd, loss = [], [], None
-    clock = time.perf_counter
-    for it in range(warmup + iterations):
+    def step():
         for ts in p.values():
             for t in ts:
                 t.grad = None
@@ -133,14 +132,15 @@ def bench_torch(net, images, labels, iterations, warmup, threads):
         loss = forward()
         t1 = clock()
         loss.backward()
-        t2 = clock()
-        if it >= warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-    fb = [f + b for f, b in zip(fwd, bwd)]
-    return {"forward": median_ms(fwd), "backward": median_ms(bwd), "forward_backward": median_ms(fb),
-            "loss": loss.item(), "rss": peak_rss_mib(), "version": torch.__version__,
-            "threads": torch.get_num_threads()}
+        return t1 - t0, clock() - t1, loss.item()
+    return step
+
+
+def summarize(samples):
+    fwd = [s[0] for s in samples]
+    bwd = [s[1] for s in samples]
+    return {"forward": median_ms(fwd), "backward": median_ms(bwd),
+            "forward_backward": median_ms([f + b for f, b in zip(fwd, bwd)]), "loss": float(samples[-1][2])}
 
 
 def main(argv=None):
@@ -160,24 +160,41 @@ def main(argv=None):
     print("numpy %s; BLAS threads %d; OPENBLAS_CORETYPE=%s" % (
         np.__version__, threads, os.environ.get("OPENBLAS_CORETYPE", "(unset)")))
 
-    ours = bench_ours(images, labels, args.iterations, args.warmup, args.profile)
+    net, ours_step = make_ours(images, labels)
+    for _ in range(args.warmup):
+        ours_step()
+    rss_ours = peak_rss_mib()   # before torch is imported
+    layers = profile_layers(net, args.iterations) if args.profile else []   # before torch's threads exist
+    torch_step = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch_step = make_torch(net, images, labels, threads)
+            for _ in range(args.warmup):
+                torch_step()
+        except ImportError:
+            print("torch: not importable, no comparison (pip install torch to compare; never a dependency)")
+    # Blocks of iterations, alternating, so both see the same machine load; the first two of
+    # each block are dropped (the other library's idle threads may still be spinning).
+    ours, theirs = [], []
+    rounds = max(1, min(5, args.iterations // 10))
+    for r in range(rounds):
+        n = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
+        ours.extend([ours_step() for _ in range(n + 2)][2:])
+        if torch_step is not None:
+            theirs.extend([torch_step() for _ in range(n + 2)][2:])
+    ours = summarize(ours)
     row = "%-8s forward %8.2f ms  backward %8.2f ms  forward-backward %8.2f ms  peak RSS %7.1f MiB  loss %.6f"
-    print(row % ("ours", ours["forward"], ours["backward"], ours["forward_backward"], ours["rss"], ours["loss"]))
+    print(row % ("ours", ours["forward"], ours["backward"], ours["forward_backward"], rss_ours, ours["loss"]))
     if args.profile:
-        for name, f, b in ours["layers"]:
+        for name, f, b in layers:
             print("    %-8s forward %7.2f ms  backward %7.2f ms" % (name, f, b))
-
-    if args.no_torch:
+    if torch_step is None:
         return 0
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("torch: not importable, no comparison (pip install torch to compare; it is never a dependency)")
-        return 0
-    theirs = bench_torch(ours["net"], images, labels, args.iterations, args.warmup, threads)
-    print(row % ("pytorch", theirs["forward"], theirs["backward"], theirs["forward_backward"], theirs["rss"],
-                 theirs["loss"]) + "  (torch %s, %d threads; RSS includes ours)" % (theirs["version"],
-                                                                                  theirs["threads"]))
+    theirs = summarize(theirs)
+    print(row % ("pytorch", theirs["forward"], theirs["backward"], theirs["forward_backward"], peak_rss_mib(),
+                 theirs["loss"]) + "  (torch %s, %d threads; RSS includes ours)" % (torch.__version__,
+                                                                                  torch.get_num_threads()))
     if abs(theirs["loss"] - ours["loss"]) > 1e-4 * max(1.0, abs(theirs["loss"])):
         print("WARNING: the losses differ: ours %.6f, PyTorch %.6f" % (ours["loss"], theirs["loss"]))
     ratio = {k: ours[k] / theirs[k] for k in ("forward", "backward", "forward_backward")}
