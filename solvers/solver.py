@@ -19,6 +19,7 @@ pycaffe's (``net``, ``test_nets``, ``iter``, ``param``, ``step``, ``solve``,
 Log lines are Caffe's words, through the "caffe" logger (see ``log.py``), so
 Caffe's log parsers read them.
 """
+import logging
 import math
 import os
 import time
@@ -76,9 +77,10 @@ class Solver:
     def __init__(self, param_or_path, weights=None):
         param = read_solver_param(param_or_path)
         if weights:
-            param.weights.extend([weights] if isinstance(weights, (str, os.PathLike)) else
-                                 [os.fspath(w) for w in weights])
-        log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(param))
+            weights = [weights] if isinstance(weights, (str, os.PathLike)) else weights
+            param.weights.extend(os.fspath(w) for w in weights)
+        if log.isEnabledFor(logging.INFO):
+            log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(param))
         self.param = param
         self.iter = 0
         self.current_step = 0
