@@ -11,7 +11,6 @@ skipped with a warning naming the file and line, as Caffe skips them.
 import os
 import sys
 
-
 from netspec.errors import DataError
 from solvers.data.datum import encode_image
 from solvers.data.lmdb_source import LMDBWriter
