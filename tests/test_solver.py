@@ -13,7 +13,7 @@ from netspec.io import read_binary
 from solvers.log import GlogFormatter, install_handler
 from solvers.sgd_solvers import AdamSolver, NesterovSolver, SGDSolver, get_solver
 from solvers.snapshot import read_side_file, read_state
-from solvers.solver import Solver
+from solvers.solver import Solver, read_solver_param
 
 h5py = pytest.importorskip("h5py")
 
@@ -404,3 +404,27 @@ def test_stale_side_file_is_ignored_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="caffe"):
         other.restore(str(tmp_path / "snap_iter_2.solverstate"))
     assert other.iter == 2 and "Ignoring side file" in caplog.text
+
+
+def test_lmdb_data_position_survives_snapshot_and_restore(tmp_path, monkeypatch):
+    """Caffe's LeNet over its MNIST LMDBs (prefetching Data layers, train and test): resuming
+    from our snapshot reads the same batches as the run that never stopped."""
+    from pathlib import Path
+    lenet = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "lenet"
+    if not (lenet / "lenet_auto_solver.prototxt").is_file():
+        pytest.skip("golden LeNet data not found at %s" % lenet)
+    monkeypatch.chdir(lenet)
+    param = read_solver_param("lenet_auto_solver.prototxt")
+    param.snapshot_prefix = str(tmp_path / "lenet")
+    param.max_iter, param.snapshot, param.test_interval = 12, 6, 5
+    param.test_iter[0] = 3
+    param.snapshot_after_train = False
+    whole = Solver(param, weights=["lenet_init.caffemodel"])
+    whole.solve()
+    resumed = Solver(param)
+    resumed.solve(str(tmp_path / "lenet_iter_6.solverstate"))
+    side = read_side_file(str(tmp_path / "lenet_iter_6.solverstate"))
+    assert set(side["train_net"]) == {"data"} and set(side["test_nets"][0]) == {"data"}
+    for a, b in zip(params_of(resumed.net), params_of(whole.net)):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.losses == whole.losses[6:]
