@@ -54,7 +54,15 @@ def _patch_view(xpad, kernel, stride, dilation, out_spatial):
     sp = s[2:]
     shape = xpad.shape[:2] + tuple(kernel) + tuple(out_spatial)
     strides = s[:2] + tuple(d * t for d, t in zip(dilation, sp)) + tuple(st * t for st, t in zip(stride, sp))
-    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides, writeable=False)
+    return strided_view(xpad, shape, strides)
+
+
+def strided_view(a, shape, strides):
+    """A read-only as_strided view (CuPy's as_strided has no ``writeable`` flag)."""
+    xp = get_array_module(a)
+    if xp.__name__ == "numpy":
+        return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
 def im2col(x, kernel, pad, stride, dilation, out=None):

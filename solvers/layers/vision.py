@@ -12,7 +12,7 @@ import numpy as np
 from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
-from solvers.im2col import col2im, col2im_scratch_shape, im2col, out_shape, pad_input
+from solvers.im2col import col2im, col2im_scratch_shape, im2col, out_shape, pad_input, strided_view
 from solvers.layer import Layer, register_layer
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -466,9 +466,8 @@ class PoolingLayer(Layer):
         src = self._padded(x, fill_value)
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
         s = src.strides
-        view = xp.lib.stride_tricks.as_strided(
-            src, shape=src.shape[:2] + (oh, ow, kh, kw),
-            strides=(s[0], s[1], sh * s[2], sw * s[3], s[2], s[3]), writeable=False)
+        view = strided_view(src, src.shape[:2] + (oh, ow, kh, kw),
+                            (s[0], s[1], sh * s[2], sw * s[3], s[2], s[3]))
         return view.reshape(src.shape[:2] + (oh, ow, kh * kw))
 
     def _scatter_windows(self, xp, grad_at, bottom_diff):
