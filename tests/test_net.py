@@ -350,6 +350,8 @@ def test_pycaffe_forward_and_backward():
         net.forward(label=x)
     with pytest.raises(NetError, match="not batch sized"):
         net.forward(data=np.ones((3, 3), np.float32))
+    with pytest.raises(NetError, match=r"has shape \(2, 4\) but the blob has \(2, 3\)"):
+        net.forward(data=np.ones((2, 4), np.float32))
     with pytest.raises(NetError, match="no layer 'nope'"):
         net.forward(end="nope")
 
