@@ -49,7 +49,6 @@ def pad_input(x, pad, out=None):
 
 def _patch_view(xpad, kernel, stride, dilation, out_spatial):
     """Strided view of shape (N, C, *kernel, *out_spatial) into the padded input."""
-    xp = get_array_module(xpad)
     s = xpad.strides
     sp = s[2:]
     shape = xpad.shape[:2] + tuple(kernel) + tuple(out_spatial)

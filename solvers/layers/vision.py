@@ -5,8 +5,6 @@ batch (see ``solvers.im2col``); pooling works on strided window views of the
 input. Work buffers and index arrays are kept across calls and rebuilt only
 when a bottom changes shape. None of these layers runs in place.
 """
-import math
-
 import numpy as np
 
 from solvers.backend import get_array_module
@@ -28,10 +26,10 @@ def _shape_str(shape):
 
 def _spatial_values(layer, param, name, n, default):
     """Read kernel_size/pad/stride/dilation: 0, 1 or n repeated values, or the _h/_w pair."""
-    has_h = name != "dilation" and param.HasField(name.split("_")[0] + "_h")
-    has_w = name != "dilation" and param.HasField(name.split("_")[0] + "_w")
+    short = name.split("_")[0]  # kernel_size -> kernel_h / kernel_w
+    has_h = name != "dilation" and param.HasField(short + "_h")
+    has_w = name != "dilation" and param.HasField(short + "_w")
     values = list(getattr(param, name))
-    short = name.split("_")[0]
     if has_h or has_w:
         if n != 2:
             raise layer.error("%s_h/%s_w can only be used for 2-D convolution, this bottom has %d "
@@ -462,7 +460,6 @@ class PoolingLayer(Layer):
 
     def _windows(self, x, fill_value):
         """A (N, C, OH, OW, KH*KW) copy of every window (STOCHASTIC needs them all at once)."""
-        xp = get_array_module(x)
         src = self._padded(x, fill_value)
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
         s = src.strides
@@ -714,7 +711,6 @@ class SPPLayer(Layer):
         if self.height == 1:
             self.pools[0].backward(top, propagate_down, bottom)
             return
-        n = bottom[0].shape[0]
         start = 0
         scratch = self.scratch
         for level, (pool, out, width) in enumerate(zip(self.pools, self.outs, self.widths)):
