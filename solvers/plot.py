@@ -1,4 +1,4 @@
-"""Headless matplotlib figures a Caffe user draws while training.
+"""Headless matplotlib figures a Caffe user draws while training: curves, filters, digits.
 
 Everything renders with the Agg backend into PNG files, so it works on a
 server or a board without a display.
@@ -66,3 +66,132 @@ def plot_log(log_path, path, **kwargs):
     train_rows, test_rows = parse_log(log_path)
     kwargs.setdefault("title", os.path.basename(str(log_path)))
     return plot_training_curves(train_rows, test_rows, path, **kwargs)
+
+
+# -- filters and activations (the notebooks' vis_square) -----------------------------
+
+def _as_maps(data):
+    """N x H x W (gray) or N x H x W x 3 (colour) maps from blob-shaped data.
+
+    N x C x H x W: C = 3 becomes colour images, C = 1 gray, any other C gives
+    N*C gray maps (every channel of every filter).
+    """
+    import numpy as np
+    from solvers.backend import to_numpy
+    a = np.asarray(to_numpy(data), dtype=np.float32)
+    if a.ndim == 4 and a.shape[-1] != 3:
+        if a.shape[1] == 3:
+            return a.transpose(0, 2, 3, 1)
+        return a.reshape((-1,) + a.shape[2:])
+    if a.ndim == 2:          # a single map
+        return a[None]
+    if a.ndim not in (3, 4):
+        raise ValueError("filter_grid needs N x H x W, N x H x W x 3 or N x C x H x W data, got shape %s"
+                         % (a.shape,))
+    return a
+
+
+def filter_grid(data, ncols=None, padsize=1, padval=1.0, normalize=True):
+    """Tile N maps into one image, as the Caffe notebooks' ``vis_square``.
+
+    The maps are scaled together to [0, 1] (so their relative strength
+    shows), laid out ``ncols`` per row (default: a square, ceil(sqrt(N))),
+    separated by ``padsize`` pixels of ``padval``; empty cells are padding.
+    """
+    import numpy as np
+    maps = _as_maps(data)
+    if normalize:
+        lo, hi = float(maps.min()), float(maps.max())
+        maps = (maps - lo) / (hi - lo) if hi > lo else np.zeros_like(maps)
+    n = maps.shape[0]
+    cols = int(ncols) if ncols else int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    pad = ((0, rows * cols - n), (0, padsize), (0, padsize)) + ((0, 0),) * (maps.ndim - 3)
+    maps = np.pad(maps, pad, mode="constant", constant_values=padval)
+    h, w = maps.shape[1:3]
+    grid = maps.reshape((rows, cols) + maps.shape[1:]).swapaxes(1, 2)
+    grid = grid.reshape((rows * h, cols * w) + maps.shape[3:])
+    if padsize:   # no padding after the last row and column
+        grid = grid[:rows * h - padsize, :cols * w - padsize]
+    return grid
+
+
+def plot_filters(data, path, ncols=None, padsize=1, title=None, size=(6, 6), dpi=100, cmap="gray"):
+    """Save the ``filter_grid`` of conv weights, their diffs or activations as a PNG."""
+    plt = _pyplot()
+    grid = filter_grid(data, ncols=ncols, padsize=padsize)
+    fig, ax = plt.subplots(figsize=size)
+    ax.imshow(grid, cmap=cmap, interpolation="nearest", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_images(images, path, labels=None, title=None, size=None, dpi=100, cmap="gray"):
+    """A row of images (N x H x W, N x 1 x H x W or N x H x W x 3), each titled by its label."""
+    import numpy as np
+    plt = _pyplot()
+    maps = _as_maps(images)
+    n = maps.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=size or (1.2 * n, 1.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(maps[i], cmap=cmap, interpolation="nearest")
+        ax.axis("off")
+        if labels is not None:
+            label = np.asarray(labels)[i]
+            ax.set_title("%g" % float(label), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
+# -- training curves from a live run -------------------------------------------------
+
+def plot_loss_history(losses, path, test_scores=None, test_iters=None, loss_iters=None,
+                      test_name="accuracy", title=None, size=(8, 5), dpi=100):
+    """Train loss per iteration (left axis) and test scores (right axis), from Python lists.
+
+    ``loss_iters`` defaults to 0, 1, 2, ...; ``test_iters`` to evenly spaced
+    iterations over the run. A solver's own history: ``solver.losses`` and
+    ``solver.loss_iters``.
+    """
+    losses = [float(v) for v in losses]
+    loss_iters = list(range(len(losses))) if loss_iters is None else [int(i) for i in loss_iters]
+    train_rows = [{"NumIters": i, "loss": v} for i, v in zip(loss_iters, losses)]
+    test_rows = []
+    if test_scores is not None and len(test_scores):
+        if test_iters is None:
+            step = max(len(losses) // len(test_scores), 1)
+            test_iters = [k * step for k in range(len(test_scores))]
+        test_rows = [{"NumIters": int(i), test_name: float(v)} for i, v in zip(test_iters, test_scores)]
+    return plot_training_curves(train_rows, test_rows, path, loss_key="loss", test_key=test_name,
+                                title=title, size=size, dpi=dpi)
+
+
+def plot_score_history(image, scores, path, title=None, size=(10, 2.5), dpi=100, cmap="gray"):
+    """One input (left) and how the net's class scores for it moved over iterations (right).
+
+    ``scores`` is iterations x classes (raw scores or probabilities); as in
+    the LeNet notebook, classes run down and iterations across.
+    """
+    import numpy as np
+    plt = _pyplot()
+    scores = np.asarray(scores, dtype=np.float32)
+    fig, (ax_img, ax_scores) = plt.subplots(1, 2, figsize=size, gridspec_kw={"width_ratios": [1, 5]})
+    ax_img.imshow(_as_maps(image)[0], cmap=cmap, interpolation="nearest")
+    ax_img.axis("off")
+    ax_scores.imshow(scores.T, cmap=cmap, interpolation="nearest", aspect="auto")
+    ax_scores.set_xlabel("iteration")
+    ax_scores.set_ylabel("label")
+    ax_scores.set_yticks(range(scores.shape[1]))
+    if title:
+        ax_scores.set_title(title)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
