@@ -90,6 +90,40 @@ def gradient_check(text, shapes, phase=caffe_pb2.TRAIN, positive=False, seed=0, 
 
 
 # ---------------------------------------------------------------------------
+# im2col / col2im
+# ---------------------------------------------------------------------------
+
+def test_im2col_matches_loops_and_col2im_is_its_adjoint():
+    from solvers.im2col import col2im, im2col, out_shape
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 7, 6))
+    k, p, s, d = (3, 2), (1, 2), (2, 1), (1, 2)
+    col = im2col(x, k, p, s, d)
+    oh, ow = out_shape(x.shape[2:], k, p, s, d)
+    assert col.shape == (3 * 6, 2 * oh * ow)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)))
+    for c, i, j, n, a, b in [(0, 0, 0, 0, 0, 0), (2, 1, 1, 1, oh - 1, ow - 1), (1, 2, 0, 1, 1, 2)]:
+        assert col[(c * 3 + i) * 2 + j, (n * oh + a) * ow + b] == xpad[n, c, a * 2 + i, b + 2 * j]
+    # <im2col(x), y> == <x, col2im(y)>, in both column orders.
+    y = rng.standard_normal(col.shape)
+    lhs = (col * y).sum()
+    np.testing.assert_allclose((x * col2im(y, x.shape, k, p, s, d)).sum(), lhs, rtol=1e-12)
+    y_last = y.reshape(18, 2, oh * ow).transpose(0, 2, 1).reshape(18, -1)  # columns (pixel, n)
+    np.testing.assert_allclose((x * col2im(y_last, x.shape, k, p, s, d, batch_last=True)).sum(), lhs,
+                               rtol=1e-12)
+
+
+def test_im2col_3d_adjoint():
+    from solvers.im2col import col2im, im2col
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 2, 5, 4, 6))
+    geo = ((2, 3, 2), (1, 0, 1), (1, 2, 2), (2, 1, 1))
+    col = im2col(x, *geo)
+    y = rng.standard_normal(col.shape)
+    np.testing.assert_allclose((x * col2im(y, x.shape, *geo)).sum(), (col * y).sum(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
 # Convolution family
 # ---------------------------------------------------------------------------
 
@@ -236,6 +270,22 @@ def test_deconvolution_is_convolution_transposed():
     lhs = float((top[0].data.astype(np.float64) * y).sum())
     rhs = float((x.astype(np.float64) * ct[0].data).sum())
     assert abs(lhs - rhs) < 1e-4 * max(1.0, abs(lhs))
+
+
+def test_deconvolution_bilinear_upsampling():
+    """FCN's fixed upsampling: group = channels, bilinear weights, kernel 4, stride 2, pad 1."""
+    x = np.full((1, 3, 4, 5), 2.0, np.float32)
+    layer = make_layer('type: "Deconvolution" convolution_param { num_output: 3 group: 3 kernel_size: 4 '
+                       'stride: 2 pad: 1 bias_term: false weight_filler { type: "bilinear" } }')
+    bottom, top = setup(layer, [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (1, 3, 8, 10)
+    np.testing.assert_allclose(top[0].data[:, :, 1:-1, 1:-1], 2.0, rtol=1e-6)
+    ramp = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5) * np.ones((1, 3, 4, 1), np.float32)
+    bottom[0].data[...] = ramp
+    layer.forward(bottom, top)
+    # A linear ramp stays linear (half steps) away from the border.
+    np.testing.assert_allclose(np.diff(top[0].data[0, 0, 3, 1:9]), 0.5, rtol=1e-5)
 
 
 def test_im2col_layer_layout():
