@@ -49,10 +49,14 @@ def _constant(param, shape, count, rng):
 
 def _uniform(param, shape, count, rng):
     _no_sparse(param, "uniform")
+    if param.min > param.max:
+        raise LayerError("uniform filler: min (%g) is larger than max (%g)" % (param.min, param.max))
     return rng.uniform(param.min, param.max, size=shape)
 
 
 def _gaussian(param, shape, count, rng):
+    if param.std < 0:
+        raise LayerError("gaussian filler: std must not be negative, got %g" % param.std)
     values = rng.normal(param.mean, param.std, size=shape)
     if param.sparse < -1:
         raise LayerError("gaussian filler: sparse must be >= -1, got %d" % param.sparse)

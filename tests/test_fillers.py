@@ -128,3 +128,10 @@ def test_unknown_type_names_it_and_the_known_ones():
 def test_sparse_rejected_where_caffe_rejects_it():
     with pytest.raises(LayerError, match="sparse"):
         filled((4, 4), type="xavier", sparse=2)
+
+
+def test_bad_ranges_are_errors():
+    with pytest.raises(LayerError, match="min"):
+        filled((4,), type="uniform", min=1, max=0)
+    with pytest.raises(LayerError, match="std"):
+        filled((4,), type="gaussian", std=-1)
