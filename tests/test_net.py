@@ -271,6 +271,15 @@ def test_single_use_and_in_place_need_no_split():
     assert [lp.name for lp in insert_splits(param).layer] == ["data", "r", "loss"]
 
 
+def test_split_after_an_in_place_layer_is_named_after_it():
+    param = _param(net_text(INPUT, 'name: "r" type: "ReLU" bottom: "data" top: "data"',
+                            LOSS % "data", 'name: "l2" type: "NetTestSumLoss" bottom: "data" top: "l2"'))
+    out = insert_splits(param)
+    assert [lp.name for lp in out.layer] == ["data", "r", "data_r_0_split", "loss", "l2"]
+    assert list(out.layer[1].bottom) == ["data"] and list(out.layer[1].top) == ["data"]
+    assert list(out.layer[3].bottom) == ["data_r_0_split_0"]
+
+
 def test_split_net_sums_diffs():
     need_types("Split")
     text = net_text(INPUT, SCALE % ("s1", "data", "s1"), SCALE % ("s2", "data", "s2"),
