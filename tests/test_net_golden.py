@@ -117,3 +117,12 @@ def test_lenet_caffemodel_round_trip(tmp_path):
         assert [list(x.shape.dim) for x in a.blobs] == [list(x.shape.dim) for x in b.blobs]
         for x, y in zip(a.blobs, b.blobs):
             np.testing.assert_array_equal(np.asarray(x.data, np.float32), np.asarray(y.data, np.float32))
+
+
+def test_legacy_input_dim_net_gets_an_input_layer():
+    net = Net(str(GOLDEN / "legacy" / "deploy_input_dim.prototxt"), phase="TEST")
+    assert net.layer_names == ["input", "conv1", "prob"]   # Caffe's upgrade names the layer "input"
+    assert net.inputs == ["data"] and net.outputs == ["prob"]
+    assert net.blobs["data"].shape == (10, 1, 28, 28)
+    out = net.forward(data=np.ones((10, 1, 28, 28), np.float32))
+    np.testing.assert_allclose(out["prob"].sum(axis=1), 1, rtol=1e-5)
