@@ -141,6 +141,18 @@ def _attach(cls, methods):
             setattr(cls, name, fn)
 
 
+def _never_fails(summary):
+    """A repr must not raise (a half-built object shows up in tracebacks and debuggers)."""
+    def method(self):
+        try:
+            return summary(self)
+        except Exception as e:
+            return "<%s object; no summary: %s: %s>" % (type(self).__name__, type(e).__name__, e)
+    method.__name__ = summary.__name__
+    method.__doc__ = summary.__doc__
+    return method
+
+
 def install():
     """Give Net, Solver and Blob the pycaffe methods and the notebook representations."""
     _attach(Net, _NET_METHODS)
@@ -148,8 +160,8 @@ def install():
     for cls, text, rich in ((Net, _inspect.net_summary, _inspect.net_html),
                             (Blob, _inspect.blob_summary, _inspect.blob_html),
                             (Solver, _inspect.solver_summary, _inspect.solver_html)):
-        cls.__repr__ = text
-        cls._repr_html_ = rich
+        cls.__repr__ = _never_fails(text)
+        cls._repr_html_ = _never_fails(rich)
 
 
 install()
