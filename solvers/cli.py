@@ -70,7 +70,9 @@ def build_parser(prog="solve.py"):
     ap.add_argument("--level", type=int, default=0, help="NetState level")
     ap.add_argument("--stage", default="", help="NetState stages separated by ','")
     ap.add_argument("--backend", choices=("numpy", "caffe"), default="numpy",
-                    help="numpy (this toolkit, default) or caffe (a real pycaffe; train only)")
+                    help="numpy (this toolkit, default) or caffe: hand the solver to a real pycaffe "
+                         "(train only; the route on boards where only Caffe has a GPU build, "
+                         "such as the Jetson TK1)")
     ap.add_argument("--sigint_effect", choices=EFFECTS, default=None,
                     help="what SIGINT (Ctrl-C) does while training (default: snapshot, then stop)")
     ap.add_argument("--sighup_effect", choices=EFFECTS, default="snapshot",

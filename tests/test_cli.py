@@ -294,6 +294,28 @@ def test_test_verb_prints_batches_and_means(work, capsys):
     assert float(re.search(r"\] Loss: ([\d.e+-]+)", err).group(1)) == pytest.approx(np.mean(losses), rel=1e-4)
 
 
+def test_test_verb_level_and_stage_select_layers(work, capsys):
+    assert run(["train", "--solver", "solver.prototxt", "--iterations", "1"], capsys)[0] == 0
+    (work / "staged.prototxt").write_text(NET.replace('include { phase: TEST } }', 'include { phase: TEST '
+                                                      'stage: "score" min_level: 2 } }') % {"hidden": 16})
+    base = ["test", "--model", "staged.prototxt", "--weights", "snap/tiny_iter_1.caffemodel", "--iterations", "1"]
+    for extra, has_accuracy in (([], False), (["--stage", "score"], False), (["--level", "2"], False),
+                                (["--stage", "x,score", "--level", "3"], True)):
+        rc, _, err = run(base + extra, capsys)
+        assert rc == 0, err
+        assert ("Batch 0, accuracy = " in err) is has_accuracy, extra
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy's overflow, expected here
+def test_nan_loss_mid_run_is_reported_cleanly(work, capsys):
+    solver = solver_with(work, "nan.prototxt", base_lr="1e30")
+    rc, _, err = run(["train", "--solver", solver], capsys)
+    assert rc == 1
+    line = _one_paragraph(err)
+    assert "NaN" in line and "snap/tiny_iter_1.caffemodel" in line
+    assert (work / "snap" / "tiny_iter_1.caffemodel").is_file()
+
+
 def test_test_verb_returns_the_means(work, capsys):
     assert run(["train", "--solver", "solver.prototxt", "--iterations", "2"], capsys)[0] == 0
     args = cli.parse_args(["test", "--model", "net.prototxt", "--weights", "snap/tiny_iter_2.caffemodel",
