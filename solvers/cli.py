@@ -77,7 +77,7 @@ def build_parser(prog="solve.py"):
                     help="what SIGINT (Ctrl-C) does while training (default: snapshot, then stop)")
     ap.add_argument("--sighup_effect", choices=EFFECTS, default="snapshot",
                     help="what SIGHUP does while training (default: snapshot)")
-    ap.add_argument("--log", help="also write the log to this file")
+    ap.add_argument("--log", help="also write the log to this file (replaced if it exists)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap
 
@@ -380,7 +380,8 @@ def train(args, stderr=None):
         try:
             solver.solve(args.snapshot)
         finally:
-            if bar is not None:
+            if bar is not None:    # the lines after training scroll without a bar
+                stderr.bar = None
                 bar.clear()
         p = solver.param
         if signals.wants_snapshot and not p.snapshot_after_train and \
