@@ -130,6 +130,9 @@ def plot_filters(data, path, ncols=None, padsize=1, title=None, size=(6, 6), dpi
     return path
 
 
+vis_square = plot_filters   # the name the Caffe notebooks give this figure
+
+
 def plot_images(images, path, labels=None, title=None, size=None, dpi=100, cmap="gray"):
     """A row of images (N x H x W, N x 1 x H x W or N x H x W x 3), each titled by its label."""
     import numpy as np

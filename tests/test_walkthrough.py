@@ -81,6 +81,7 @@ def test_accuracy_after_200_iterations(lenet_run):
 def test_figures_written(lenet_run):
     _, out = lenet_run
     sizes = {"train_digits.png": (960, 160), "test_digits.png": (960, 160), "conv1_diff.png": (500, 400),
+             "conv1_weights.png": (500, 500),
              "loss_accuracy.png": (800, 500)}
     sizes.update({"%s_%d.png" % (kind, i): (1000, 250) for kind in ("scores", "probs") for i in range(8)})
     for name, size in sizes.items():

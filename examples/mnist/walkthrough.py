@@ -195,6 +195,7 @@ solver.net.forward()           # train net
 solver.test_nets[0].forward()  # test net (there can be more than one)
 print("train loss: %.4f  test loss: %.4f"
       % (float(solver.net.blobs["loss"].data), float(solver.test_nets[0].blobs["loss"].data)))
+print(solver.net.blobs["score"])   # a blob: shape and data/diff statistics
 
 # %% [markdown]
 # The first eight digits of each batch, with their labels.
@@ -291,6 +292,13 @@ for i in range(8):
     probs /= probs.sum(1, keepdims=True)
     show(plot.plot_score_history(digits[i], probs, out / ("probs_%d.png" % i),
                                  title="digit %d: probabilities" % i))
+
+# %% [markdown]
+# The first layer's filters after training (the notebooks' `vis_square`).
+
+# %%
+show(plot.vis_square(solver.net.params["conv1"][0].data, out / "conv1_weights.png",
+                     title="conv1 filters after %d iterations" % solver.iter, size=(5, 5)))
 
 # %% [markdown]
 # The train net as a graph (Graphviz; without it, the DOT source).
