@@ -409,6 +409,7 @@ def test_progress_bar_rate_and_eta():
 # -- signals ------------------------------------------------------------------------------------
 
 def test_signal_handler_effects():
+    before = signal.getsignal(signal.SIGINT)
     with cli.SignalHandler() as h:
         assert h.action() == "none"
         os.kill(os.getpid(), signal.SIGHUP)
@@ -418,7 +419,7 @@ def test_signal_handler_effects():
         assert h.action() == "stop" and h.wants_snapshot
         with pytest.raises(KeyboardInterrupt):   # a second Ctrl-C aborts
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     with cli.SignalHandler("none", "stop") as h:
         os.kill(os.getpid(), signal.SIGINT)
         assert h.action() == "none"
@@ -519,11 +520,12 @@ def fake_pycaffe(calls):
 def test_backend_caffe_hands_the_solver_file_to_pycaffe(work, capsys, monkeypatch):
     calls = []
     monkeypatch.setitem(sys.modules, "caffe", fake_pycaffe(calls))
+    before = signal.getsignal(signal.SIGINT)
     rc, _, err = run(["train", "--solver", "solver.prototxt", "--backend", "caffe"], capsys)
     assert rc == 0, err
     assert calls == [("set_mode_cpu",), ("get_solver", "solver.prototxt"), ("solve", True)]
     assert not list((work / "snap").iterdir())     # Caffe (here: nobody) writes the snapshots
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_backend_caffe_gpu_weights_and_snapshot(work, capsys, monkeypatch):
