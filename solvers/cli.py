@@ -328,7 +328,20 @@ def _use_devices(gpus, single=False):
         backend.set_mode_gpu()
     except CaffeError as e:
         raise CaffeError("--gpu %s: %s" % (",".join(map(str, gpus)), e)) from None
+    except Exception as e:   # CUDA's own errors: no such device, no driver
+        raise CaffeError("--gpu %s: cannot use GPU %d: %s: %s"
+                         % (",".join(map(str, gpus)), gpus[0], type(e).__name__, e)) from None
     log.info("Use GPU with device ID %d", gpus[0])
+    log.info("GPU device name: %s", _device_name(gpus[0]))
+
+
+def _device_name(device_id):
+    try:
+        import cupy
+        name = cupy.cuda.runtime.getDeviceProperties(device_id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:   # the name is only for the log
+        return "unknown"
 
 
 # -- verbs -------------------------------------------------------------------------------------

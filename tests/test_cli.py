@@ -265,6 +265,17 @@ def test_gpu_without_cupy_is_a_clear_error(work, capsys):
     assert backend.mode() == "CPU"
 
 
+def test_gpu_flag_selects_the_device_then_the_mode(work, capsys, monkeypatch):
+    from solvers import backend
+    calls = []
+    monkeypatch.setattr(backend, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(backend, "set_mode_gpu", lambda: calls.append(("set_mode_gpu",)))
+    rc, _, err = run(["train", "--solver", "solver.prototxt", "--gpu", "2,3", "--iterations", "1"], capsys)
+    assert rc == 0, err
+    assert calls == [("set_device", 2), ("set_mode_gpu",)]
+    assert "using GPU 2 only" in err and "Use GPU with device ID 2" in err
+
+
 def test_solver_mode_gpu_without_cupy_falls_back_to_cpu(work, capsys):
     try:
         import cupy  # noqa: F401
