@@ -435,16 +435,16 @@ def test(args):
     for w in weights:
         net.copy_from(w)
     log.info("Running for %d iterations.", iterations)
-    sums, loss = {}, 0.0
+    sums, loss = {}, np.float32(0)     # float sums, as caffe test keeps them
     last = len(net.layers) - 1
     for i in range(iterations):
-        loss += net.forward_from_to(0, last)
+        loss += np.float32(net.forward_from_to(0, last))
         for name in net.outputs:
             values = np.array(net.blobs[name].data, dtype=np.float32).ravel()
             for v in values:
                 log.info("Batch %d, %s = %g", i, name, v)
             sums[name] = sums[name] + values if name in sums else values
-    log.info("Loss: %g", loss / iterations)
+    log.info("Loss: %g", loss / np.float32(iterations))
     means = {}
     for name in net.outputs:
         mean = sums[name] / np.float32(iterations)
