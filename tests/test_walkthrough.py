@@ -128,3 +128,38 @@ def test_notebook_has_the_scripts_cells():
     code = "\n".join(text for kind, text in cells if kind == "code")
     assert "import solvers.caffe as caffe" in code and "caffe.SGDSolver(" in code
     assert all(c["outputs"] == [] for c in nb["cells"] if c["cell_type"] == "code")
+
+
+NOTEBOOK_DRIVER = r'''
+import builtins, json, sys, types
+builtins.__IPYTHON__ = True
+shown = []
+display_mod = types.ModuleType("IPython.display")
+display_mod.Image = lambda filename: filename
+display_mod.display = shown.append
+ipython = types.ModuleType("IPython")
+ipython.display = display_mod
+ipython.get_ipython = lambda: None   # matplotlib asks both; no shell here
+ipython.version_info = (8, 30, 0)
+sys.modules["IPython"], sys.modules["IPython.display"] = ipython, display_mod
+namespace = {"__name__": "__main__"}
+for cell in json.load(open(sys.argv[1]))["cells"]:
+    if cell["cell_type"] == "code":
+        exec(compile("".join(cell["source"]), "walkthrough.ipynb", "exec"), namespace)
+print("SHOWN", len(shown))
+'''
+
+
+def test_notebook_runs_as_in_jupyter(tmp_path):
+    """The notebook's cells, run in order in one namespace from examples/mnist, as a kernel would."""
+    if not (LMDBS / "mnist_train_lmdb" / "data.mdb").is_file():
+        pytest.skip("golden MNIST LMDBs missing: %s" % LMDBS)
+    import os
+    env = dict(os.environ, WALKTHROUGH_ARGS="--niter 4 --test-interval 2 --test-iters 1 --out '%s' --data '%s'"
+               % (tmp_path / "nb", LMDBS))
+    proc = subprocess.run([sys.executable, "-c", NOTEBOOK_DRIVER, str(NOTEBOOK)], cwd=str(SCRIPT.parent),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert BLOB_SHAPES in proc.stdout.splitlines()
+    assert "SHOWN 21" in proc.stdout   # every figure went to the notebook's display
+    assert (tmp_path / "nb" / "loss_accuracy.png").is_file()

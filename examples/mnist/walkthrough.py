@@ -7,8 +7,10 @@
 Needs the MNIST LMDBs in --data (default examples/mnist): make them with
 ``python examples/mnist/create_mnist.py`` (offline: ``--split-test 8000``).
 Writes the nets, the solver and the figures (PNG) into --out. The same cells
-make up walkthrough.ipynb; after editing this file, rebuild the notebook
-with ``python examples/mnist/walkthrough.py --write-notebook``.
+make up walkthrough.ipynb (run from examples/mnist; flags through the
+environment, e.g. ``WALKTHROUGH_ARGS="--niter 50" jupyter notebook``); after
+editing this file, rebuild the notebook with
+``python examples/mnist/walkthrough.py --write-notebook``.
 """
 import json
 import os
@@ -79,6 +81,8 @@ if __name__ == "__main__" and "--write-notebook" in sys.argv[1:]:
 # %%
 import argparse
 import builtins
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -106,15 +110,16 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-# In Jupyter the defaults apply (the kernel's own arguments are not ours).
-args = parse_args([] if getattr(builtins, "__IPYTHON__", False) else None)
+# In Jupyter the kernel's own arguments are not ours: flags come from $WALKTHROUGH_ARGS.
+in_notebook = getattr(builtins, "__IPYTHON__", False)
+args = parse_args(shlex.split(os.environ.get("WALKTHROUGH_ARGS", "")) if in_notebook else None)
 out = Path(args.out).resolve()
 data = Path(args.data).resolve()
 
 
 def show(path):
     """Display a saved figure in a notebook; name it in a terminal."""
-    if getattr(builtins, "__IPYTHON__", False):
+    if in_notebook:
         from IPython.display import Image, display
         display(Image(filename=str(path)))
     else:
