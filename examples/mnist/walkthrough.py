@@ -13,7 +13,7 @@ editing this file, rebuild the notebook with
 ``python examples/mnist/walkthrough.py --write-notebook``.
 """
 import json
-import os
+import os as _os
 import sys
 
 CELL_MARK = "# %%"
@@ -60,7 +60,7 @@ def write_notebook(script, notebook):
     with open(tmp, "w") as f:
         json.dump(nb, f, indent=1)
         f.write("\n")
-    os.replace(tmp, notebook)
+    _os.replace(tmp, notebook)
     return notebook
 
 
