@@ -129,8 +129,9 @@ def show(path):
 # %% [markdown]
 # ## Setup
 #
-# The pycaffe module, the NetSpec names and the plot helpers (headless,
-# they write PNG files). The LMDBs come from `create_mnist.py`.
+# The pycaffe module, the plot helpers (headless: they write PNG files) and
+# the notebook's NetSpec code, kept in `lenet.py`. The LMDBs come from
+# `create_mnist.py`.
 
 # %%
 import solvers.caffe as caffe
