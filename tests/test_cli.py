@@ -337,8 +337,6 @@ def test_test_verb_returns_the_means(work, capsys):
 
 
 def test_time_verb_uses_tools_time(work, capsys):
-    if not (ROOT / "tools" / "time.py").is_file():
-        pytest.skip("tools/time.py (caffe time) is not in this checkout")
     rc, _, err = run(["time", "--model", "net.prototxt", "--iterations", "2"], capsys)
     assert rc == 0, err
     assert "Average Forward pass" in err and "ip1\tforward" in err.replace("      ip1", "ip1")

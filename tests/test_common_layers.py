@@ -405,7 +405,7 @@ def test_batch_norm_statistics_cannot_be_learned():
 
 def test_layers_in_a_net():
     """Through the Net: BatchNorm statistics are frozen, Split is inserted, InnerProduct learns."""
-    net_mod = pytest.importorskip("solvers.net")
+    import solvers.net as net_mod
     net = net_mod.Net(text_format.Parse('''
         layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
         layer { name: "bn" type: "BatchNorm" bottom: "x" top: "bn" }

@@ -3,8 +3,8 @@
 Most tests use tiny layers defined here (NetTest*), whose forward and
 backward are one line each, so that what is checked is the Net and not a
 layer written elsewhere. Tests that need Caffe's real layers (Split, Input,
-InnerProduct, SoftmaxWithLoss, Convolution, ...) skip with a reason until
-those layers are registered.
+InnerProduct, SoftmaxWithLoss, Convolution, ...) fail clearly when one of
+those layers is not registered.
 """
 from pathlib import Path
 
@@ -26,7 +26,7 @@ layer_type_list()   # import the layer library before looking at the registry
 def need_types(*types):
     missing = [t for t in types if t not in LAYER_REGISTRY]
     if missing:
-        pytest.skip("layer type(s) %s not registered yet (written in parallel)" % ", ".join(missing))
+        pytest.fail("layer type(s) %s are not registered" % ", ".join(missing))
 
 
 # -- tiny layers with obvious gradients -------------------------------------------------------
