@@ -456,29 +456,16 @@ def test(args):
     return means
 
 
-def _time_net_function():
-    """``time_net`` from tools/time.py (the one implementation of ``caffe time``)."""
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "time.py")
-    if not os.path.isfile(path):
-        raise CaffeError("the time command needs tools/time.py, which is missing from %s"
-                         % os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location("caffe_tools_time", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.time_net
-
-
 def time_model(args):
     """Caffe's ``time``: per-layer forward/backward timings of --model; return the averages."""
     if not args.model:
         raise UsageError("time needs a model definition: --model net.prototxt")
     _no_caffe_backend(args, "time")
     iterations = 50 if args.iterations is None else args.iterations
-    time_net = _time_net_function()
     gpus = parse_gpus(args.gpu)
     _use_devices(gpus[:1] if gpus else [], single=True)
     from solvers.net import Net
+    from solvers.timing import time_net
     net = Net(args.model, phase=args.phase or "TRAIN", level=args.level, stages=args.stages)
     for w in _weights_list(args.weights):
         net.copy_from(w)
