@@ -6,12 +6,8 @@ layer's ``*_param`` message, learnable blobs live in ``self.blobs`` in Caffe's
 order, bottom diffs are overwritten and parameter diffs accumulated.
 """
 from solvers.blob import Blob
+from solvers.fillers import fill
 from solvers.layer import Layer, register_layer
-
-
-def _fill(blob, filler_param):
-    from solvers.fillers import fill
-    fill(blob, filler_param)
 
 
 def _prod(dims):
@@ -35,6 +31,37 @@ def _alias(top, bottom, shape):
     if top.shape != tuple(shape) or top._data_buf is not bottom._data_buf:
         top.reshape(shape)
         top.share_data(bottom)
+
+
+def _weight_and_bias(layer, weight_shape, p):
+    """Set ``layer.blobs`` to a weight filled by ``p.weight_filler`` and, with
+    ``p.bias_term``, a (num_output,) bias filled by ``p.bias_filler``; all learned."""
+    w = Blob(weight_shape)
+    fill(w, p.weight_filler)
+    layer.blobs = [w]
+    if p.bias_term:
+        b = Blob((p.num_output,))
+        fill(b, p.bias_filler)
+        layer.blobs.append(b)
+    layer.param_propagate_down = [True] * len(layer.blobs)
+
+
+def _int_indices(layer, blob, n, what):
+    """``blob``'s values, flattened, as int64 indices; a LayerError unless all are integers in [0, n).
+
+    ``what`` begins the error message (the range it names is the caller's wording).
+    """
+    xp = layer.xp_of(blob)
+    v = blob.data.ravel()
+    idx = v.astype(xp.int64)
+    if v.size and (bool((idx != v).any()) or int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise layer.error("%s; got min %g max %g" % (what, float(v.min()), float(v.max())))
+    return idx
+
+
+def _axis_slice(axis, start, stop):
+    """The index that takes [start, stop) along ``axis`` and everything on the other axes."""
+    return (slice(None),) * axis + (slice(start, stop),)
 
 
 def _canonical(layer, blob, axis, what="axis"):
@@ -63,14 +90,7 @@ class InnerProductLayer(Layer):
         self.transpose = p.transpose
         self.axis = _canonical(self, bottom[0], p.axis)
         k = bottom[0].count_range(self.axis)
-        w = Blob((k, self.num_output) if self.transpose else (self.num_output, k))
-        _fill(w, p.weight_filler)
-        self.blobs = [w]
-        if self.bias_term:
-            b = Blob((self.num_output,))
-            _fill(b, p.bias_filler)
-            self.blobs.append(b)
-        self.param_propagate_down = [True] * len(self.blobs)
+        _weight_and_bias(self, (k, self.num_output) if self.transpose else (self.num_output, k), p)
 
     def reshape(self, bottom, top):
         axis = _canonical(self, bottom[0], self.layer_param.inner_product_param.axis)
@@ -118,14 +138,7 @@ class EmbedLayer(Layer):
             raise self.error("embed_param needs positive num_output and input_dim (got %d, %d)"
                              % (p.num_output, p.input_dim))
         self.num_output, self.input_dim, self.bias_term = p.num_output, p.input_dim, p.bias_term
-        w = Blob((self.input_dim, self.num_output))
-        _fill(w, p.weight_filler)
-        self.blobs = [w]
-        if self.bias_term:
-            b = Blob((self.num_output,))
-            _fill(b, p.bias_filler)
-            self.blobs.append(b)
-        self.param_propagate_down = [True] * len(self.blobs)
+        _weight_and_bias(self, (self.input_dim, self.num_output), p)
 
     def allow_force_backward(self, bottom_index):
         return False
@@ -134,13 +147,8 @@ class EmbedLayer(Layer):
         top[0].reshape(bottom[0].shape + (self.num_output,))
 
     def _indices(self, bottom):
-        xp = self.xp_of(bottom[0])
-        v = bottom[0].data.ravel()
-        idx = v.astype(xp.int64)
-        if v.size and (bool((idx != v).any()) or int(idx.min()) < 0 or int(idx.max()) >= self.input_dim):
-            raise self.error("bottom values must be integers in [0, input_dim=%d); got min %g max %g"
-                             % (self.input_dim, float(v.min()), float(v.max())))
-        return idx
+        return _int_indices(self, bottom[0], self.input_dim,
+                            "bottom values must be integers in [0, input_dim=%d)" % self.input_dim)
 
     def forward(self, bottom, top):
         idx = self._indices(bottom)
@@ -222,7 +230,7 @@ class DummyDataLayer(Layer):
         for t, s, f in zip(top, shapes, self.fillers):
             t.reshape(s)
             if f.type == "constant":
-                _fill(t, f)
+                fill(t, f)
 
     def reshape(self, bottom, top):
         pass
@@ -230,7 +238,7 @@ class DummyDataLayer(Layer):
     def forward(self, bottom, top):
         for t, f, again in zip(top, self.fillers, self.refill):
             if again:
-                _fill(t, f)
+                fill(t, f)
 
 
 @register_layer("Parameter")
@@ -413,8 +421,7 @@ class ConcatLayer(Layer):
         for b, p in zip(bottom, propagate_down):
             n = b.shape[self.axis]
             if p:
-                idx = (slice(None),) * self.axis + (slice(start, start + n),)
-                b.diff[...] = top[0].diff[idx]
+                b.diff[...] = top[0].diff[_axis_slice(self.axis, start, start + n)]
             start += n
 
 
@@ -451,20 +458,17 @@ class SliceLayer(Layer):
             top[0].share_data(bottom[0])
             top[0].share_diff(bottom[0])
 
-    def _index(self, b0, b1):
-        return (slice(None),) * self.axis + (slice(b0, b1),)
-
     def forward(self, bottom, top):
         if len(top) == 1:
             return
         for t, b0, b1 in zip(top, self.bounds, self.bounds[1:]):
-            t.data[...] = bottom[0].data[self._index(b0, b1)]
+            t.data[...] = bottom[0].data[_axis_slice(self.axis, b0, b1)]
 
     def backward(self, top, propagate_down, bottom):
         if len(top) == 1 or not propagate_down[0]:
             return
         for t, b0, b1 in zip(top, self.bounds, self.bounds[1:]):
-            bottom[0].diff[self._index(b0, b1)] = t.diff
+            bottom[0].diff[_axis_slice(self.axis, b0, b1)] = t.diff
 
 
 @register_layer("Tile")
@@ -510,14 +514,8 @@ class BatchReindexLayer(Layer):
         top[0].reshape((bottom[1].shape[0],) + bottom[0].shape[1:])
 
     def _indices(self, bottom):
-        xp = self.xp_of(bottom[1])
-        v = bottom[1].data
-        idx = v.astype(xp.int64)
         n = bottom[0].shape[0]
-        if v.size and (bool((idx != v).any()) or int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise self.error("indices (bottom 1) must be integers in [0, %d); got min %g max %g"
-                             % (n, float(v.min()), float(v.max())))
-        return idx
+        return _int_indices(self, bottom[1], n, "indices (bottom 1) must be integers in [0, %d)" % n)
 
     def forward(self, bottom, top):
         top[0].data[...] = bottom[0].data[self._indices(bottom)]
@@ -653,6 +651,10 @@ class EltwiseLayer(Layer):
 class _AxisBroadcast(Layer):
     """Shared plumbing of Scale and Bias: a blob spanning axes [axis, axis + n) of bottom 0."""
 
+    def _operand(self, bottom):
+        """The broadcast blob: bottom 1 when given, else the learned blob."""
+        return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
     def _param_shape(self, bottom, p):
         axis = _canonical(self, bottom[0], p.axis)
         if p.num_axes < -1:
@@ -684,21 +686,19 @@ class BiasLayer(_AxisBroadcast):
         p = self.layer_param.bias_param
         if len(bottom) == 1:
             b = Blob(self._param_shape(bottom, p))
-            _fill(b, p.filler)
+            fill(b, p.filler)
             self.blobs = [b]
             self.param_propagate_down = [True]
 
     def reshape(self, bottom, top):
-        operand = bottom[1] if len(bottom) > 1 else self.blobs[0]
-        self.outer, self.dim, self.inner = self._dims(bottom, operand, self.layer_param.bias_param)
+        self.outer, self.dim, self.inner = self._dims(bottom, self._operand(bottom), self.layer_param.bias_param)
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        operand = bottom[1] if len(bottom) > 1 else self.blobs[0]
         x = bottom[0].data.reshape(self.outer, self.dim, self.inner)
         y = top[0].data.reshape(self.outer, self.dim, self.inner)
-        b = operand.data.reshape(1, self.dim, 1)
+        b = self._operand(bottom).data.reshape(1, self.dim, 1)
         if top[0] is bottom[0]:
             y += b
         else:
@@ -729,33 +729,29 @@ class ScaleLayer(_AxisBroadcast):
         if len(bottom) == 1:
             s = Blob(self._param_shape(bottom, p))
             if p.HasField("filler"):
-                _fill(s, p.filler)
+                fill(s, p.filler)
             else:
-                _fill(s, caffe_pb2.FillerParameter(type="constant", value=1))
+                fill(s, caffe_pb2.FillerParameter(type="constant", value=1))
             self.blobs.append(s)
         if p.bias_term:
             operand_shape = bottom[1].shape if len(bottom) > 1 else self.blobs[0].shape
             b = Blob(operand_shape)
-            _fill(b, p.bias_filler)
+            fill(b, p.bias_filler)
             self.blobs.append(b)
         self.param_propagate_down = [True] * len(self.blobs)
         self.bias_index = len(self.blobs) - 1 if p.bias_term else None
 
     def reshape(self, bottom, top):
-        scale = bottom[1] if len(bottom) > 1 else self.blobs[0]
-        self.outer, self.dim, self.inner = self._dims(bottom, scale, self.layer_param.scale_param)
+        self.outer, self.dim, self.inner = self._dims(bottom, self._operand(bottom), self.layer_param.scale_param)
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
-
-    def _scale(self, bottom):
-        return bottom[1] if len(bottom) > 1 else self.blobs[0]
 
     def forward(self, bottom, top):
         shape3 = (self.outer, self.dim, self.inner)
         x = bottom[0].data.reshape(shape3)
         if top[0] is bottom[0]:
             self.x_saved = x.copy()  # backward needs the input that in-place overwrites
-        s = self._scale(bottom).data.reshape(1, self.dim, 1)
+        s = self._operand(bottom).data.reshape(1, self.dim, 1)
         y = top[0].data.reshape(shape3)
         y[...] = x * s
         if self.bias_index is not None:
@@ -764,7 +760,7 @@ class ScaleLayer(_AxisBroadcast):
     def backward(self, top, propagate_down, bottom):
         shape3 = (self.outer, self.dim, self.inner)
         dy = top[0].diff.reshape(shape3)
-        scale = self._scale(bottom)
+        scale = self._operand(bottom)
         if self.bias_index is not None and self.param_propagate_down[self.bias_index]:
             self.blobs[self.bias_index].diff.reshape(self.dim)[...] += dy.sum(axis=(0, 2))
         x = self.x_saved if top[0] is bottom[0] else bottom[0].data.reshape(shape3)

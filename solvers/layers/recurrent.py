@@ -26,14 +26,10 @@ initial-state bottoms receive their gradient (Caffe drops both).
 import logging
 
 from solvers.blob import Blob
+from solvers.fillers import fill
 from solvers.layer import Layer, register_layer
 
 log = logging.getLogger(__name__)
-
-
-def _fill(blob, filler_param):
-    from solvers.fillers import fill
-    fill(blob, filler_param)
 
 
 def _sigmoid(xp, x):
@@ -81,12 +77,12 @@ class _RecurrentLayer(Layer):
 
     def _weight(self, shape, p):
         b = Blob(shape)
-        _fill(b, p.weight_filler)
+        fill(b, p.weight_filler)
         return b
 
     def _bias(self, shape, p):
         b = Blob(shape)
-        _fill(b, p.bias_filler)
+        fill(b, p.bias_filler)
         return b
 
     def allow_force_backward(self, bottom_index):
