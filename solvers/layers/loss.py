@@ -6,7 +6,6 @@ in backward, scales its gradient by the loss weight the Net left in
 Caffe's ``static_cast<int>`` does. ``softmax`` is the one softmax of the
 toolkit: the Softmax layer reuses it.
 """
-import math
 
 import numpy as np
 
@@ -116,11 +115,15 @@ class _LabelledSoftmax:
                 % (self.axis, bottom[0].shape, self.outer * self.inner, self.outer, self.inner,
                    bottom[1].shape))
 
-    def keep_prob_buffer(self, blob):
-        """A buffer for the probabilities, of the bottom's shape and dtype, reused across calls."""
+    def keep_prob_buffer(self, bottom, top):
+        """A buffer for the probabilities, of bottom 0's shape and dtype, reused across calls;
+        the optional second top is shaped to receive them."""
+        blob = bottom[0]
         prob = getattr(self, "prob", None)
         if prob is None or prob.shape != blob.data.shape or prob.dtype != blob.data.dtype:
             self.prob = self.xp_of(blob).empty_like(blob.data)
+        if len(top) > 1:
+            top[1].reshape_like(blob)
 
     def read_labels(self, label_blob):
         """(labels safe to index with, valid mask or None), labels shaped (outer, inner)."""
@@ -133,6 +136,26 @@ class _LabelledSoftmax:
                              "values from %d to %d" % (self.channels, self.axis, self.layer_param.bottom[0],
                                                        int(safe.min()), int(safe.max())))
         return safe, valid
+
+    def write_loss(self, top, per_pos, label, valid, prob):
+        """Sum the per-position losses (outer, inner) over the positions not ignored, divide by
+        the normaliser and write top 0 (and the probabilities to top 1 when it exists)."""
+        if valid is None:
+            loss, count = -per_pos.sum(), self.outer * self.inner
+        else:
+            loss, count = -(per_pos * valid).sum(), int(valid.sum())
+        self.normalizer = loss_normalizer(self.normalization, self.outer, self.inner, count)
+        top[0].data[...] = loss / self.normalizer
+        if len(top) > 1:
+            top[1].data[...] = prob
+        self._label, self._valid = label, valid
+
+    def scale_gradient(self, d3, top):
+        """Zero the gradient (outer, C, inner) at ignored positions and scale it by
+        loss weight / normaliser."""
+        if self._valid is not None:
+            d3 *= self._valid[:, None, :]
+        d3 *= self.loss_weight(top) / self.normalizer
 
 
 @register_layer("SoftmaxWithLoss")
@@ -155,9 +178,7 @@ class SoftmaxWithLossLayer(_LabelledSoftmax, LossLayer):
     def reshape(self, bottom, top):
         LossLayer.reshape(self, bottom, top)
         self.reshape_labels(bottom, self.layer_param.softmax_param.axis)
-        self.keep_prob_buffer(bottom[0])
-        if len(top) > 1:
-            top[1].reshape_like(bottom[0])
+        self.keep_prob_buffer(bottom, top)
 
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
@@ -166,15 +187,7 @@ class SoftmaxWithLossLayer(_LabelledSoftmax, LossLayer):
         label, valid = self.read_labels(bottom[1])
         picked = xp.take_along_axis(p3, label[:, None, :], axis=1)[:, 0, :]
         logp = xp.log(xp.maximum(picked, FLT_MIN))
-        if valid is None:
-            loss, count = -logp.sum(), self.outer * self.inner
-        else:
-            loss, count = -(logp * valid).sum(), int(valid.sum())
-        self.normalizer = loss_normalizer(self.normalization, self.outer, self.inner, count)
-        top[0].data[...] = loss / self.normalizer
-        if len(top) > 1:
-            top[1].data[...] = prob
-        self._label, self._valid = label, valid
+        self.write_loss(top, logp, label, valid, prob)
 
     def backward(self, top, propagate_down, bottom):
         self.check_no_label_gradient(propagate_down)
@@ -187,9 +200,7 @@ class SoftmaxWithLossLayer(_LabelledSoftmax, LossLayer):
         rows = xp.arange(self.outer)[:, None]
         cols = xp.arange(self.inner)[None, :]
         d3[rows, self._label, cols] -= 1
-        if self._valid is not None:
-            d3 *= self._valid[:, None, :]
-        diff *= self.loss_weight(top) / self.normalizer
+        self.scale_gradient(d3, top)
 
 
 @register_layer("InfogainLoss")
@@ -254,9 +265,7 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         if h.count != self.channels * self.channels:
             raise self.error("infogain matrix H must hold %d x %d values (classes along axis %d), "
                              "it has shape %s" % (self.channels, self.channels, self.axis, h.shape))
-        self.keep_prob_buffer(bottom[0])
-        if len(top) > 1:
-            top[1].reshape_like(bottom[0])
+        self.keep_prob_buffer(bottom, top)
 
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
@@ -266,15 +275,7 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         h_rows = self._h(bottom)[label]                     # (outer, inner, C)
         logp = xp.log(xp.maximum(p3, LOG_THRESHOLD)).transpose(0, 2, 1)
         per_pos = (h_rows * logp).sum(axis=2)               # (outer, inner)
-        if valid is None:
-            loss, count = -per_pos.sum(), self.outer * self.inner
-        else:
-            loss, count = -(per_pos * valid).sum(), int(valid.sum())
-        self.normalizer = loss_normalizer(self.normalization, self.outer, self.inner, count)
-        top[0].data[...] = loss / self.normalizer
-        if len(top) > 1:
-            top[1].data[...] = prob
-        self._label, self._valid = label, valid
+        self.write_loss(top, per_pos, label, valid, prob)
 
     def backward(self, top, propagate_down, bottom):
         self.check_no_label_gradient(propagate_down)
@@ -285,14 +286,11 @@ class InfogainLossLayer(_LabelledSoftmax, LossLayer):
         row_sums = h.sum(axis=1)[self._label]               # (outer, inner)
         d3 = bottom[0].diff.reshape(self.outer, self.channels, self.inner)
         d3[...] = p3 * row_sums[:, None, :] - h[self._label].transpose(0, 2, 1)
-        if self._valid is not None:
-            d3 *= self._valid[:, None, :]
-        bottom[0].diff[...] *= self.loss_weight(top) / self.normalizer
+        self.scale_gradient(d3, top)
 
 
-@register_layer("MultinomialLogisticLoss")
-class MultinomialLogisticLossLayer(LossLayer):
-    """loss = -mean over the batch of log(max(p[label], 1e-20)); the bottom holds probabilities."""
+class _ItemLabelLoss(LossLayer):
+    """A loss whose label bottom holds one class index per item (along the first axis)."""
 
     def reshape(self, bottom, top):
         LossLayer.reshape(self, bottom, top)
@@ -300,14 +298,26 @@ class MultinomialLogisticLossLayer(LossLayer):
             raise self.error("needs one label per item (%d), the label blob has shape %s"
                              % (bottom[0].shape[0], bottom[1].shape))
 
+    def item_labels(self, bottom, dim):
+        """The labels as int64, one per item, checked to lie in [0, dim)."""
+        xp = self.xp_of(bottom[0])
+        num = bottom[0].shape[0]
+        label = bottom[1].data.reshape(num).astype(xp.int64)
+        if num and (int(label.min()) < 0 or int(label.max()) >= dim):
+            raise self.error("label values must lie in [0, %d), got %d to %d"
+                             % (dim, int(label.min()), int(label.max())))
+        return label
+
+
+@register_layer("MultinomialLogisticLoss")
+class MultinomialLogisticLossLayer(_ItemLabelLoss):
+    """loss = -mean over the batch of log(max(p[label], 1e-20)); the bottom holds probabilities."""
+
     def _picked(self, bottom):
         xp = self.xp_of(bottom[0])
         num = bottom[0].shape[0]
         p = bottom[0].data.reshape(num, -1)
-        label = bottom[1].data.reshape(num).astype(xp.int64)
-        if num and (int(label.min()) < 0 or int(label.max()) >= p.shape[1]):
-            raise self.error("label values must lie in [0, %d), got %d to %d"
-                             % (p.shape[1], int(label.min()), int(label.max())))
+        label = self.item_labels(bottom, p.shape[1])
         rows = xp.arange(num)
         return rows, label, xp.maximum(p[rows, label], LOG_THRESHOLD)
 
@@ -356,7 +366,7 @@ class EuclideanLossLayer(LossLayer):
 
 
 @register_layer("HingeLoss")
-class HingeLossLayer(LossLayer):
+class HingeLossLayer(_ItemLabelLoss):
     """One-vs-all hinge: t_k = +1 for the label, -1 otherwise;
     loss = sum max(0, 1 - t_k x_k)^p / N with p = 1 (L1) or 2 (L2).
 
@@ -366,20 +376,10 @@ class HingeLossLayer(LossLayer):
     gradient in Caffe and here alike.
     """
 
-    def reshape(self, bottom, top):
-        LossLayer.reshape(self, bottom, top)
-        if bottom[1].count != bottom[0].shape[0]:
-            raise self.error("needs one label per item (%d), the label blob has shape %s"
-                             % (bottom[0].shape[0], bottom[1].shape))
-
     def _rows_labels(self, bottom):
         xp = self.xp_of(bottom[0])
         num = bottom[0].shape[0]
-        dim = bottom[0].count // num if num else 0
-        label = bottom[1].data.reshape(num).astype(xp.int64)
-        if num and (int(label.min()) < 0 or int(label.max()) >= dim):
-            raise self.error("label values must lie in [0, %d), got %d to %d"
-                             % (dim, int(label.min()), int(label.max())))
+        label = self.item_labels(bottom, bottom[0].count // num if num else 0)
         return xp.arange(num), label
 
     def _l2(self):
