@@ -18,6 +18,8 @@ from netspec.errors import CaffeError, DataError
 from solvers import cli
 from solvers.log_parser import parse_log
 
+from helpers import caffemodel_params, make_digits_lmdb
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLVE = ROOT / "tools" / "solve.py"
 
@@ -52,27 +54,10 @@ random_seed: 3
 """
 
 
-class _Quiet:
-    def update(self, done):
-        pass
-
-    def done(self, message=None):
-        pass
-
-
-def make_lmdb(path, n=64):
-    """A small deterministic LMDB of 6x6 'digits' whose brightness tells the label."""
-    from solvers.data.mnist import write_mnist_lmdb
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, n)
-    images = (rng.integers(0, 60, (n, 6, 6)) + labels[:, None, None] * 60).astype(np.uint8)
-    write_mnist_lmdb(images, labels, str(path), progress=_Quiet())
-
-
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """A training folder (LMDB, net, solver, snap/) that is the working directory."""
-    make_lmdb(tmp_path / "train_lmdb")
+    make_digits_lmdb(tmp_path / "train_lmdb", n=64, seed=0)
     (tmp_path / "net.prototxt").write_text(NET % {"hidden": 16})
     (tmp_path / "solver.prototxt").write_text(SOLVER)
     (tmp_path / "snap").mkdir()
@@ -84,12 +69,6 @@ def run(argv, capsys):
     rc = cli.main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def load_params(path):
-    from solvers.net import read_weights
-    param = read_weights(str(path))
-    return {(l.name, j): np.array(b.data, np.float32) for l in param.layer for j, b in enumerate(l.blobs)}
 
 
 def solver_with(work, name, **changes):
@@ -130,14 +109,14 @@ def test_train_verb_gflags_spelling_and_iterations_override(work, capsys):
 
 def test_resume_from_snapshot_equals_uninterrupted_run(work, capsys):
     assert run(["train", "--solver", "solver.prototxt"], capsys)[0] == 0
-    straight = load_params(work / "snap" / "tiny_iter_20.caffemodel")
+    straight = caffemodel_params(work / "snap" / "tiny_iter_20.caffemodel")
     os.remove(work / "snap" / "tiny_iter_20.caffemodel")
     rc, _, err = run(["train", "--solver", "solver.prototxt", "--snapshot", "snap/tiny_iter_10.solverstate"],
                      capsys)
     assert rc == 0, err
     assert "Resuming from snap/tiny_iter_10.solverstate" in err
     assert "Iteration 0," not in err                # it went on from 10
-    resumed = load_params(work / "snap" / "tiny_iter_20.caffemodel")
+    resumed = caffemodel_params(work / "snap" / "tiny_iter_20.caffemodel")
     assert straight.keys() == resumed.keys()
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=str(key))
@@ -145,12 +124,12 @@ def test_resume_from_snapshot_equals_uninterrupted_run(work, capsys):
 
 def test_weights_finetune_copies_into_the_net(work, capsys):
     assert run(["train", "--solver", "solver.prototxt", "--iterations", "3"], capsys)[0] == 0
-    trained = load_params(work / "snap" / "tiny_iter_3.caffemodel")
+    trained = caffemodel_params(work / "snap" / "tiny_iter_3.caffemodel")
     solver = solver_with(work, "ft.prototxt", snapshot_prefix='"snap/ft"', max_iter=0, snapshot=0)
     rc, _, err = run(["train", "--solver", solver, "--weights", "snap/tiny_iter_3.caffemodel"], capsys)
     assert rc == 0, err
     assert "Finetuning from snap/tiny_iter_3.caffemodel" in err
-    start = load_params(work / "snap" / "ft_iter_0.caffemodel")   # no update: the copied weights
+    start = caffemodel_params(work / "snap" / "ft_iter_0.caffemodel")   # no update: the copied weights
     for key in trained:
         np.testing.assert_array_equal(start[key], trained[key])
 

@@ -12,6 +12,8 @@ from solvers.blob import Blob
 from solvers.gradient_check import check_layer_gradient
 from solvers.layer import create_layer
 
+from helpers import blob, rnd
+
 GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 
@@ -24,22 +26,11 @@ def lp_of(text, phase=caffe_pb2.TRAIN):
     return lp
 
 
-def blob(a):
-    a = np.asarray(a, dtype=np.float32)
-    b = Blob(a.shape)
-    b.data[...] = a
-    return b
-
-
 def make(text, bottoms, ntop=1, phase=caffe_pb2.TRAIN):
     layer = create_layer(lp_of(text, phase))
     top = [Blob() for _ in range(ntop)]
     layer.setup(bottoms, top)
     return layer, top
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def gcheck(text, bottoms, ntop=1, **kw):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 
@@ -19,21 +18,9 @@ from solvers.data.idx import read_mnist
 from solvers.data.lmdb_source import LMDBWriter
 from solvers.data.mnist import convert_mnist, write_mnist_lmdb
 
+from helpers import GOLDEN, need_golden, records
+
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "lenet"
-
-
-def need_golden():
-    if not (GOLDEN / "mnist_train_lmdb" / "data.mdb").is_file():
-        pytest.skip("golden LeNet data from BVLC Caffe not found at %s" % GOLDEN)
-
-
-def records(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = list(txn.cursor())
-    env.close()
-    return out
 
 
 def write_idx(path, arr, magic, gz=False):

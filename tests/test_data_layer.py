@@ -17,14 +17,10 @@ from solvers.data.idx import read_mnist
 from solvers.layer import create_layer
 from solvers.rng import set_random_seed
 
+from helpers import GOLDEN, need_golden
+
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "lenet"
 SCALE = np.float32(0.00390625)
-
-
-def need_golden():
-    if not (GOLDEN / "mnist_train_lmdb" / "data.mdb").is_file():
-        pytest.skip("golden LeNet data from BVLC Caffe not found at %s" % GOLDEN)
 
 
 def golden_digits():

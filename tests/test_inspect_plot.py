@@ -1,5 +1,4 @@
 """Notebook representations (solvers/inspect.py) and the plot helpers (solvers/plot.py)."""
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,8 @@ import solvers.caffe as caffe
 from solvers import inspect as insp
 from solvers import plot
 from solvers.blob import Blob
+
+from helpers import png_size
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 
@@ -24,13 +25,6 @@ layer { type: 'InnerProduct' name: 'ip_b' bottom: 'conv' top: 'ip_b' param { nam
 layer { type: 'Eltwise' name: 'sum' bottom: 'ip_a' bottom: 'ip_b' top: 'score' }
 layer { type: 'SoftmaxWithLoss' name: 'loss' bottom: 'score' bottom: 'label' top: 'loss' }
 """
-
-
-def png_size(path):
-    """(width, height) from a PNG's IHDR chunk."""
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "%s is not a PNG" % path
-    return struct.unpack(">II", data[16:24])
 
 
 @pytest.fixture

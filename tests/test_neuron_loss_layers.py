@@ -14,6 +14,8 @@ from solvers.layer import create_layer
 from solvers.layers.loss import softmax, softmax_backward
 from solvers.rng import set_random_seed
 
+from helpers import blob
+
 
 class Blob64(Blob):
     """A Blob in float64, for gradient checks only (layers follow their blobs' dtype)."""
@@ -37,13 +39,6 @@ def make_layer(type_name, params="", phase="TRAIN", bottoms=("x",), tops=("y",))
     lp.bottom.extend(bottoms)
     lp.top.extend(tops)
     return create_layer(lp)
-
-
-def blob(values, cls=Blob):
-    values = np.asarray(values)
-    b = cls(values.shape)
-    b.data[...] = values
-    return b
 
 
 def away_from(x, points, gap=0.05):

@@ -12,6 +12,8 @@ from solvers.blob import Blob
 from solvers.gradient_check import check_layer_gradient
 from solvers.layer import create_layer
 
+from helpers import blob, rnd
+
 FILLERS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
 
 
@@ -21,17 +23,6 @@ def lp_of(type_, extra="", ntop=1):
                       % (type_, FILLERS, extra), lp)
     lp.top.extend("t%d" % i for i in range(ntop))
     return lp
-
-
-def blob(a):
-    a = np.asarray(a, dtype=np.float32)
-    b = Blob(a.shape)
-    b.data[...] = a
-    return b
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def sigmoid(x):

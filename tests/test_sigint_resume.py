@@ -20,6 +20,8 @@ import pytest
 
 from solvers.log_parser import parse_log
 
+from helpers import caffemodel_params, make_digits_lmdb
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLVE = ROOT / "tools" / "solve.py"
 
@@ -61,23 +63,6 @@ WAIT_FOR = 25          # iterations the log must show before the SIGINT
 EXTRA = 17             # iterations trained after the stop (crosses a test and a snapshot)
 
 
-def make_digits(path, n=70):
-    """An LMDB of n 6x6 images whose brightness encodes one of 4 labels (records %08d, Datum)."""
-    from solvers.data.mnist import write_mnist_lmdb
-
-    class Quiet:
-        def update(self, done):
-            pass
-
-        def done(self, message=None):
-            pass
-
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 4, n)
-    images = (rng.integers(0, 60, (n, 6, 6)) + labels[:, None, None] * 60).astype(np.uint8)
-    write_mnist_lmdb(images, labels, str(path), progress=Quiet())
-
-
 def solve(args, cwd, log_name, timeout=120):
     """Run tools/solve.py to completion; return its log text."""
     with open(cwd / (log_name + ".stderr"), "w") as err:
@@ -117,14 +102,8 @@ def interrupt_after_iterations(args, cwd, log_name, iterations, timeout=120):
     return rc, log_path.read_text()
 
 
-def caffemodel_params(path):
-    from solvers.net import read_weights
-    param = read_weights(str(path))
-    return {(l.name, j): np.array(b.data, np.float32) for l in param.layer for j, b in enumerate(l.blobs)}
-
-
 def test_sigint_snapshot_and_resume_equal_uninterrupted(tmp_path):
-    make_digits(tmp_path / "digits_lmdb")
+    make_digits_lmdb(tmp_path / "digits_lmdb", n=70, seed=1)
     (tmp_path / "net.prototxt").write_text(NET)
     (tmp_path / "snap").mkdir()
     for name in ("a", "b"):

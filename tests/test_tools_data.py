@@ -24,6 +24,8 @@ from solvers.data.download import get_dataset, md5_of
 from solvers.data.image_mean import compute_image_mean, save_image_mean
 from solvers.data.imageset import convert_imageset
 
+from helpers import records
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MNIST = SHARED / "data" / "mnist"
@@ -35,14 +37,6 @@ IMAGES = "t10k-images-idx3-ubyte"
 def need(path):
     if not Path(path).exists():
         pytest.skip("%s not found (shared data beside the checkout)" % path)
-
-
-def records(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = list(txn.cursor())
-    env.close()
-    return out
 
 
 def run_tool(*args, cwd=ROOT):

@@ -9,12 +9,13 @@ of 100 see each once: the same accuracy as the notebook's 100 batches.
 """
 import json
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import png_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mnist" / "walkthrough.py"
@@ -26,12 +27,6 @@ BLOB_SHAPES = ("[('data', (64, 1, 28, 28)), ('label', (64,)), ('conv1', (64, 20,
                "('pool1', (64, 20, 12, 12)), ('conv2', (64, 50, 8, 8)), ('pool2', (64, 50, 4, 4)), "
                "('fc1', (64, 500)), ('score', (64, 10)), ('loss', ())]")
 PARAM_SHAPES = "[('conv1', (20, 1, 5, 5)), ('conv2', (50, 20, 5, 5)), ('fc1', (500, 800)), ('score', (10, 500))]"
-
-
-def png_size(path):
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "%s is not a PNG" % path
-    return struct.unpack(">II", data[16:24])
 
 
 def run_walkthrough(cwd, *args, timeout=300):

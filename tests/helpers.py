@@ -1,0 +1,73 @@
+"""Small helpers several test modules share (imported as ``from helpers import ...``)."""
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solvers.blob import Blob
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT.parent / "shared" / "golden" / "lenet"
+
+
+def need_golden():
+    """Skip unless the golden LeNet data made with BVLC Caffe lies beside the checkout."""
+    if not (GOLDEN / "mnist_train_lmdb" / "data.mdb").is_file():
+        pytest.skip("golden LeNet data from BVLC Caffe not found at %s" % GOLDEN)
+
+
+def blob(values, cls=Blob):
+    """A Blob (or ``cls``) holding ``values`` as float32 data."""
+    values = np.asarray(values, dtype=np.float32)
+    b = cls(values.shape)
+    b.data[...] = values
+    return b
+
+
+def rnd(*shape, seed=0):
+    """Standard normal float32 values of ``shape``, the same for the same seed."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def records(path):
+    """Every (key, value) of an LMDB, in key order."""
+    import lmdb
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = list(txn.cursor())
+    env.close()
+    return out
+
+
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "%s is not a PNG" % path
+    return struct.unpack(">II", data[16:24])
+
+
+class _Quiet:
+    """A progress reporter that says nothing."""
+
+    def update(self, done):
+        pass
+
+    def done(self, message=None):
+        pass
+
+
+def make_digits_lmdb(path, n, seed):
+    """A small deterministic LMDB of n 6x6 'digits' whose brightness tells one of 4 labels."""
+    from solvers.data.mnist import write_mnist_lmdb
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = (rng.integers(0, 60, (n, 6, 6)) + labels[:, None, None] * 60).astype(np.uint8)
+    write_mnist_lmdb(images, labels, str(path), progress=_Quiet())
+
+
+def caffemodel_params(path):
+    """{(layer name, blob index): float32 data} of a .caffemodel."""
+    from solvers.net import read_weights
+    param = read_weights(str(path))
+    return {(l.name, j): np.array(b.data, np.float32) for l in param.layer for j, b in enumerate(l.blobs)}
