@@ -18,8 +18,8 @@ def need_golden():
 
 
 def blob(values, cls=Blob):
-    """A Blob (or ``cls``) holding ``values`` as float32 data."""
-    values = np.asarray(values, dtype=np.float32)
+    """A Blob (or ``cls``, e.g. a float64 Blob) holding ``values`` as its data, in its dtype."""
+    values = np.asarray(values)
     b = cls(values.shape)
     b.data[...] = values
     return b
