@@ -21,6 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf import text_format
 
 from netspec import caffe_pb2
+from netspec.descriptor_compat import is_repeated
 from netspec.errors import ProtoError
 from netspec.upgrade import upgrade_net, upgrade_solver
 
@@ -424,14 +425,6 @@ def _scan_top_level(data):
     return fields, None
 
 
-def _is_repeated(field):
-    """FieldDescriptor.is_repeated (protobuf >= 5.28) or the older label."""
-    flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
-    return field.label == FieldDescriptor.LABEL_REPEATED
-
-
 def _wire_types(field):
     fd = field
     if fd.type in (fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE):
@@ -442,7 +435,7 @@ def _wire_types(field):
         wires = {5}
     else:
         wires = {0}
-    if _is_repeated(fd):
+    if is_repeated(fd):
         wires.add(2)  # packed
     return wires
 

@@ -23,6 +23,7 @@ list as ``notes`` to collect one line per step (the tools print them).
 import logging
 
 from netspec import caffe_pb2
+from netspec.descriptor_compat import is_repeated
 from netspec.errors import ProtoError
 
 __all__ = [
@@ -206,13 +207,18 @@ def _v1_type_name(layer):
     return V1.LayerType.Name(layer.type)
 
 
+def _v1_data_layer_params(net_param):
+    """(layer, its data_param/image_data_param/window_data_param) for each V1 data layer."""
+    for layer in net_param.layers:
+        param_name = _DATA_LAYER_PARAMS.get(_v1_type_name(layer))
+        if param_name is not None:
+            yield layer, getattr(layer, param_name)
+
+
 def _set_field(message, field, value):
     """Set ``message.field`` from a value or a sub-message; append if the field is repeated."""
     desc = message.DESCRIPTOR.fields_by_name[field]
-    repeated = getattr(desc, "is_repeated", None)
-    if repeated is None:  # protobuf before 5.28
-        repeated = desc.label == desc.LABEL_REPEATED
-    if repeated:
+    if is_repeated(desc):
         getattr(message, field).append(value)
     elif desc.message_type is not None:
         getattr(message, field).CopyFrom(value)
@@ -234,14 +240,8 @@ def net_needs_v1_to_v2_upgrade(net_param):
 
 def net_needs_data_upgrade(net_param):
     """Any V1 data layer that keeps scale/mean_file/crop_size/mirror in its own param."""
-    for layer in net_param.layers:
-        param_name = _DATA_LAYER_PARAMS.get(_v1_type_name(layer))
-        if param_name is None:
-            continue
-        param = getattr(layer, param_name)
-        if any(param.HasField(f) for f in _LEGACY_TRANSFORM_FIELDS):
-            return True
-    return False
+    return any(param.HasField(f) for _, param in _v1_data_layer_params(net_param)
+               for f in _LEGACY_TRANSFORM_FIELDS)
 
 
 def net_needs_input_upgrade(net_param):
@@ -364,11 +364,7 @@ def upgrade_v0_net(net_param, notes=None):
 
 def upgrade_net_data_transformation(net_param):
     """Move old scale/mean_file/crop_size/mirror of V1 data layers into transform_param."""
-    for layer in net_param.layers:
-        param_name = _DATA_LAYER_PARAMS.get(_v1_type_name(layer))
-        if param_name is None:
-            continue
-        param = getattr(layer, param_name)
+    for layer, param in _v1_data_layer_params(net_param):
         for field in _LEGACY_TRANSFORM_FIELDS:
             if param.HasField(field):
                 setattr(layer.transform_param, field, getattr(param, field))
