@@ -41,6 +41,13 @@ def read_net_param(source):
     return read_net(source)   # copies a message; ProtoError names file, line and column
 
 
+def _require_weights_file(path):
+    """A NetError naming the path as written, resolved and the working directory, unless it is a file."""
+    if not os.path.isfile(path):
+        raise NetError("weights file %r not found (resolved to %s, working directory %s)"
+                       % (path, os.path.abspath(path), os.getcwd()))
+
+
 def read_weights(source):
     """A NetParameter holding trained blobs, from a message or a binary .caffemodel path."""
     if isinstance(source, caffe_pb2.NetParameter):
@@ -48,9 +55,7 @@ def read_weights(source):
         param.CopyFrom(source)
     else:
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise NetError("weights file %r not found (resolved to %s, working directory %s)"
-                           % (path, os.path.abspath(path), os.getcwd()))
+        _require_weights_file(path)
         param = read_binary(path, caffe_pb2.NetParameter)
     upgrade_net(param)   # V1 caffemodels hold their blobs in 'layers'
     return param
@@ -160,7 +165,7 @@ class Net:
             log.info("Creating Layer %s", lp.name)
             self.layers.append(layer)
             self.layer_names.append(lp.name)
-            need_backward = self._connect(layer_id, lp, layer, name_to_idx, available)
+            need_backward = self._connect(lp, layer, name_to_idx, available)
             self._setup_layer(layer_id, lp, layer)
             memory_used += sum(top.count for top in self.top_vecs[layer_id])
             need_backward |= self._setup_params(layer_id, lp, layer)
@@ -180,7 +185,7 @@ class Net:
         log.info("Network initialization done.")
         log.info("Memory required for data: %d", memory_used * 4)
 
-    def _connect(self, layer_id, lp, layer, name_to_idx, available):
+    def _connect(self, lp, layer, name_to_idx, available):
         """Hook the layer's bottoms and tops to net blobs; True if a bottom needs backward."""
         bottoms, bottom_ids, bottom_need = [], [], []
         need_backward = False
@@ -629,9 +634,7 @@ class Net:
             import h5py
         except ImportError:
             raise NetError("%s: reading HDF5 weights needs h5py (pip install h5py)" % path) from None
-        if not os.path.isfile(path):
-            raise NetError("weights file %r not found (resolved to %s, working directory %s)"
-                           % (path, os.path.abspath(path), os.getcwd()))
+        _require_weights_file(path)
         with h5py.File(path, "r") as f:
             data = f["data"]
             for name in data:
@@ -718,21 +721,6 @@ class Net:
             sumsq_diff += float((blob.diff * blob.diff).sum())
         log.info("    [Backward] All net params (data, diff): L1 norm = (%g, %g); L2 norm = (%g, %g)",
                  asum_data, asum_diff, sumsq_data ** 0.5, sumsq_diff ** 0.5)
-
-    def update_debug_info(self, param_id):
-        """Caffe's UpdateDebugInfo for entry ``param_id`` of the net's parameter list."""
-        blob = self._params[param_id]
-        owner = self._param_owners[param_id]
-        layer_name = self.layer_names[self._param_layer_indices[param_id][0]]
-        diff = _asum_mean(blob.xp, blob.diff)
-        if owner < 0:
-            log.info("    [Update] Layer %s, param %s data: %g; diff: %g", layer_name,
-                     self._param_display_names[param_id], _asum_mean(blob.xp, blob.data), diff)
-        else:
-            log.info("    [Update] Layer %s, param blob %s (owned by layer %s, param %s) diff: %g",
-                     layer_name, self._param_display_names[param_id],
-                     self.layer_names[self._param_layer_indices[owner][0]],
-                     self._param_display_names[owner], diff)
 
     def __repr__(self):
         return "<Net %r phase=%s: %d layers, %d blobs>" % (
