@@ -64,32 +64,70 @@ def strided_view(a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
-def im2col(x, kernel, pad, stride, dilation, out=None):
+def im2col(x, kernel, pad, stride, dilation, out=None, batch_last=False, scratch=None, per_image=False):
     """Columns of a batch ``x`` (N, C, *spatial): a (C*prod(kernel), N*prod(out)) matrix.
 
     ``out`` is an optional buffer kept across calls. A layer that wants to
     keep the padded input too calls ``pad_input`` itself and passes pad 0.
+
+    ``per_image=True`` returns instead one column matrix per image, a
+    (N, C*prod(kernel), prod(out)) array: a batched matmul then writes the
+    convolution straight into an (N, M, pixels) top, with no transpose.
+
+    ``batch_last=True`` orders the columns (o_0, o_1, ..., n) instead of
+    (n, o_0, ...), as ``col2im`` accepts them. The input is first copied,
+    padded, into a (C, *padded, N) array (``scratch``, shape
+    ``im2col_scratch_shape``, may be kept by the caller; its border must
+    stay zero, only the interior is written). Every column block
+    (c, k..., o_0) is then one contiguous run of prod(o_1...) * N values in
+    that array, so the copy into the column matrix moves long runs instead
+    of one short image row at a time: much faster when the output rows are
+    short (a small feature map).
     """
     xp = get_array_module(x)
     n, c = x.shape[:2]
     nd = len(kernel)
     osp = out_shape(x.shape[2:], kernel, pad, stride, dilation)
-    view = _patch_view(pad_input(x, pad), kernel, stride, dilation, osp)
-    # (N, C, K..., O...) -> (C, K..., N, O...)
-    order = (1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd))
     rows = c
     for k in kernel:
         rows *= k
     cols = n
     for o in osp:
         cols *= o
-    if out is None or out.shape != (rows, cols):
-        out = xp.empty((rows, cols), dtype=x.dtype)
+    shape = (n, rows, cols // n) if per_image else (rows, cols)
+    if out is None or out.shape != shape or out.dtype != x.dtype:
+        out = xp.empty(shape, dtype=x.dtype)
+    if per_image:
+        out.reshape((n, c) + tuple(kernel) + tuple(osp))[...] = _patch_view(
+            pad_input(x, pad), kernel, stride, dilation, osp)
+        return out
+    if batch_last:
+        shape = im2col_scratch_shape(x.shape, pad)
+        if scratch is None or scratch.shape != shape or scratch.dtype != x.dtype:
+            scratch = xp.zeros(shape, dtype=x.dtype)
+        inner = (slice(None),) + tuple(slice(p, p + s) for p, s in zip(pad, x.shape[2:])) + (slice(None),)
+        scratch[inner] = x.transpose(tuple(range(1, nd + 2)) + (0,))
+        s = scratch.strides
+        sp = s[1:1 + nd]
+        view = strided_view(scratch, (c,) + tuple(kernel) + tuple(osp) + (n,),
+                            (s[0],) + tuple(d * t for d, t in zip(dilation, sp))
+                            + tuple(st * t for st, t in zip(stride, sp)) + (s[-1],))
+        out.reshape((c,) + tuple(kernel) + tuple(osp) + (n,))[...] = view
+        return out
+    view = _patch_view(pad_input(x, pad), kernel, stride, dilation, osp)
+    # (N, C, K..., O...) -> (C, K..., N, O...)
+    order = (1,) + tuple(range(2, 2 + nd)) + (0,) + tuple(range(2 + nd, 2 + 2 * nd))
     out.reshape((c,) + tuple(kernel) + (n,) + osp)[...] = view.transpose(order)
     return out
 
 
-def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, scratch=None, batch_last=False):
+def im2col_scratch_shape(x_shape, pad):
+    """Shape of ``im2col``'s batch-last input copy: (C, *padded spatial, N)."""
+    return (x_shape[1],) + tuple(s + 2 * p for s, p in zip(x_shape[2:], pad)) + (x_shape[0],)
+
+
+def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, scratch=None, batch_last=False,
+           per_image=False):
     """Adjoint of ``im2col``: sum the column matrix back into an (N, C, *spatial) array.
 
     Overlapping patches add up; entries that came from the zero padding are
@@ -102,30 +140,40 @@ def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, scratch=None, 
     long contiguous rows); a convolution's backward pass can produce it at
     the cost of one small transpose. ``scratch`` (shape
     ``col2im_scratch_shape``) may be kept by the caller across calls.
+
+    ``per_image=True`` takes ``im2col(..., per_image=True)``'s layout, an
+    (N, C*prod(kernel), pixels) array; the sums then run in (N, C, *padded)
+    order and need no transpose at the end.
     """
     xp = get_array_module(col)
     n, c = x_shape[:2]
     spatial = tuple(x_shape[2:])
     nd = len(spatial)
     osp = out_shape(spatial, kernel, pad, stride, dilation)
-    acc_shape = col2im_scratch_shape(x_shape, pad, batch_last)
+    acc_shape = col2im_scratch_shape(x_shape, pad, batch_last, per_image)
     if scratch is None or scratch.shape != acc_shape or scratch.dtype != col.dtype:
         scratch = xp.empty(acc_shape, dtype=col.dtype)
     scratch[...] = 0
-    if batch_last:
+    if per_image:
+        blocks = col.reshape((n, c) + tuple(kernel) + osp)
+        lead, tail = (slice(None), slice(None)), ()
+    elif batch_last:
         blocks = col.reshape((c,) + tuple(kernel) + osp + (n,))
         lead, tail = (slice(None),), (slice(None),)
     else:
         blocks = col.reshape((c,) + tuple(kernel) + (n,) + osp)
         lead, tail = (slice(None), slice(None)), ()
+    head = (slice(None),) * (2 if per_image else 1)
     for offs in itertools.product(*[range(k) for k in kernel]):
         target = lead + tuple(slice(o * d, o * d + st * (m - 1) + 1, st)
                               for o, d, st, m in zip(offs, dilation, stride, osp)) + tail
-        scratch[target] += blocks[(slice(None),) + offs]
+        scratch[target] += blocks[head + offs]
     if out is None or out.shape != tuple(x_shape):
         out = xp.empty(tuple(x_shape), dtype=col.dtype)
     inner = tuple(slice(p, p + s) for p, s in zip(pad, spatial))
-    if batch_last:  # (C, *spatial, N) -> (N, C, *spatial)
+    if per_image:  # already (N, C, *spatial)
+        out[...] = scratch[(slice(None), slice(None)) + inner]
+    elif batch_last:  # (C, *spatial, N) -> (N, C, *spatial)
         out[...] = scratch[(slice(None),) + inner + (slice(None),)].transpose(
             (nd + 1, 0) + tuple(range(1, nd + 1)))
     else:  # (C, N, *spatial) -> (N, C, *spatial)
@@ -133,8 +181,10 @@ def col2im(col, x_shape, kernel, pad, stride, dilation, out=None, scratch=None, 
     return out
 
 
-def col2im_scratch_shape(x_shape, pad, batch_last=False):
-    """Shape of col2im's padded sum buffer: (C, N, *padded) or (C, *padded, N)."""
+def col2im_scratch_shape(x_shape, pad, batch_last=False, per_image=False):
+    """Shape of col2im's padded sum buffer: (C, N, *padded), (C, *padded, N) or (N, C, *padded)."""
     n, c = x_shape[:2]
     padded = tuple(s + 2 * p for s, p in zip(x_shape[2:], pad))
+    if per_image:
+        return (n, c) + padded
     return (c,) + padded + (n,) if batch_last else (c, n) + padded

@@ -113,6 +113,34 @@ def test_im2col_matches_loops_and_col2im_is_its_adjoint():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape,geo", [
+    ((2, 3, 7, 6), ((3, 2), (1, 2), (2, 1), (1, 2))),
+    ((3, 2, 5, 4, 6), ((2, 3, 2), (1, 0, 1), (1, 2, 2), (2, 1, 1))),
+    ((4, 1, 9, 9), ((5, 5), (0, 0), (1, 1), (1, 1))),
+])
+def test_im2col_batch_last_and_per_image_layouts(shape, geo):
+    """The two other column orders hold the same entries; col2im is the adjoint of each."""
+    from solvers.im2col import col2im, im2col, im2col_scratch_shape
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(shape)
+    n = shape[0]
+    col = im2col(x, *geo)
+    rows = col.shape[0]
+    by_image = col.reshape(rows, n, -1)
+    scratch = np.full(im2col_scratch_shape(shape, geo[1]), 0.0)
+    last = im2col(x, *geo, batch_last=True, scratch=scratch)
+    np.testing.assert_array_equal(last, by_image.transpose(0, 2, 1).reshape(rows, -1))
+    again = im2col(2 * x, *geo, out=last, batch_last=True, scratch=scratch)  # buffers kept across calls
+    assert again is last
+    np.testing.assert_array_equal(again, 2 * by_image.transpose(0, 2, 1).reshape(rows, -1))
+    per = im2col(x, *geo, per_image=True)
+    assert per.shape == (n, rows, col.shape[1] // n)
+    np.testing.assert_array_equal(per, by_image.transpose(1, 0, 2))
+    y = rng.standard_normal(per.shape)
+    np.testing.assert_allclose((x * col2im(y, x.shape, *geo, per_image=True)).sum(), (per * y).sum(),
+                               rtol=1e-12)
+
+
 def test_im2col_3d_adjoint():
     from solvers.im2col import col2im, im2col
     rng = np.random.default_rng(13)
@@ -168,6 +196,37 @@ def test_convolution_matches_direct_formula(param, pad, stride, dil, group):
     want = reference_conv(x.astype(np.float64), w, b, pad, stride, dil, group)
     assert top[0].data.dtype == np.float32
     np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["per_image", "batch_first", "batch_last"])
+@pytest.mark.parametrize("param,pad,stride,dil,group", [
+    ("kernel_size: 3 pad: 1 stride: 2", (1, 1), (2, 2), (1, 1), 1),
+    ("kernel_size: 2 group: 2 dilation: 2 pad: 1", (1, 1), (1, 1), (2, 2), 2),
+])
+def test_convolution_column_layouts_agree(monkeypatch, layout, param, pad, stride, dil, group):
+    """Each column layout the layer may pick gives the direct formula and exact gradients."""
+    from solvers.layers.vision import ConvolutionLayer
+    monkeypatch.setattr(ConvolutionLayer, "_layout", lambda self: layout)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    text = ('type: "Convolution" convolution_param { num_output: 6 %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" } }' % param)
+    layer = make_layer(text)
+    bottom, top = setup(layer, [x])
+    layer.forward(bottom, top)
+    want = reference_conv(x.astype(np.float64), layer.blobs[0].data, layer.blobs[1].data, pad, stride, dil, group)
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
+    gradient_check(text, [(2, 4, 5, 6)])
+
+
+def test_convolution_layout_choice():
+    """Large output maps use per-image columns, small ones batch-last (LeNet's conv1 and conv2)."""
+    for shape, num_output, want in (((2, 1, 28, 28), 20, "per_image"), ((2, 20, 12, 12), 50, "batch_last"),
+                                    ((2, 3, 24, 24), 500, "batch_first")):
+        layer = make_layer('type: "Convolution" convolution_param { num_output: %d kernel_size: 5 }'
+                           % num_output)
+        setup(layer, [np.zeros(shape, np.float32)])
+        assert layer._layout() == want
 
 
 def test_convolution_3d_matches_direct_formula():
@@ -351,6 +410,52 @@ def test_max_pooling_takes_first_maximum_and_reports_it():
     np.testing.assert_array_equal(bottom[0].diff[0, 0], [[1, 0, 1], [1, 0, 0], [0, 1, 0]])
 
 
+def test_tiled_max_pooling_takes_first_maximum_and_reports_it():
+    # 2x2 windows tiling a 2x4 input: ties everywhere, the first in row-major order wins.
+    x = np.array([[1, 2, 5, 5], [2, 0, 5, 5]], np.float32).reshape(1, 1, 2, 4)
+    layer = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }')
+    bottom, top = setup(layer, [x], num_top=2)
+    assert layer.tiled
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data[0, 0], [[2, 5]])
+    np.testing.assert_array_equal(top[1].data[0, 0], [[1, 2]])
+    top[0].diff[...] = [[[[3, 4]]]]
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff[0, 0], [[0, 3, 4, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("text,shape,tiled", [
+    ("kernel_size: 2 stride: 2", (3, 4, 8, 6), True),
+    ("kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 2", (2, 3, 9, 4), True),
+    ("kernel_h: 1 kernel_w: 3 stride_h: 1 stride_w: 3", (2, 2, 3, 6), True),
+    ("kernel_size: 1 stride: 1", (2, 2, 3, 3), True),
+    ("global_pooling: true", (2, 3, 4, 5), True),
+    ("kernel_size: 2 stride: 2", (2, 3, 7, 6), False),   # the last window overhangs
+    ("kernel_size: 2 stride: 2 pad: 1", (2, 3, 6, 6), False),
+])
+def test_tiled_max_pooling_matches_general_path(text, shape, tiled):
+    """The fast path for windows that tile the input gives the general path's outputs, mask and gradient."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 3, shape).astype(np.float32)   # many ties
+    dy = None
+    results = []
+    for force_general in (False, True):
+        layer = make_layer('type: "Pooling" pooling_param { pool: MAX %s }' % text)
+        bottom, top = setup(layer, [x], num_top=2)
+        assert layer.tiled == tiled
+        if force_general:
+            layer.tiled = False
+        if dy is None:
+            dy = rng.standard_normal(top[0].shape).astype(np.float32)
+        for _ in range(2):   # buffers kept across calls
+            layer.forward(bottom, top)
+            top[0].diff[...] = dy
+            layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), top[1].data.copy(), bottom[0].diff.copy()))
+    for fast, general in zip(*results):
+        np.testing.assert_array_equal(fast, general)
+
+
 def test_ave_pooling_divisor_counts_padding_up_to_the_pad_border():
     x = np.ones((1, 1, 4, 4), np.float32)
     layer = make_layer('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }')
@@ -418,6 +523,7 @@ def test_stochastic_pooling_test_is_probability_weighted_average():
 
 @pytest.mark.parametrize("text,phase,positive", [
     ("pool: MAX kernel_size: 3 stride: 2 pad: 1", caffe_pb2.TRAIN, False),
+    ("pool: MAX kernel_h: 2 kernel_w: 7 stride_h: 2 stride_w: 7", caffe_pb2.TRAIN, False),   # tiled
     ("pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2", caffe_pb2.TRAIN, False),
     ("pool: AVE kernel_size: 3 stride: 2 pad: 1", caffe_pb2.TRAIN, False),
     ("pool: AVE kernel_size: 2 stride: 2 pad: 1", caffe_pb2.TRAIN, False),

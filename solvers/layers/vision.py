@@ -10,7 +10,8 @@ import numpy as np
 from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
-from solvers.im2col import col2im, col2im_scratch_shape, im2col, out_shape, pad_input, strided_view
+from solvers.im2col import (col2im, col2im_scratch_shape, im2col, im2col_scratch_shape, out_shape, pad_input,
+                            strided_view)
 from solvers.layer import Layer, register_layer
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -179,23 +180,56 @@ class ConvolutionLayer(_BaseConvolution):
     (Caffe recomputes it; the bottom data has not changed in between).
     """
 
+    def _layout(self):
+        """Column layout for this shape (all give the same numbers; they differ in speed).
+
+        ``"per_image"`` (N, C*K, pixels), one matmul per image straight into
+        the (N, M, pixels) top, for large output maps: im2col copies whole
+        image rows and no transpose follows. Its weight gradient sums N
+        per-image products, an (N, M, C*K) temporary, so only while M <=
+        pixels (no bigger than the columns themselves). ``"batch_last"``
+        (C*K, pixels * N) for small maps: im2col then copies runs of a whole
+        map times the batch instead of short image rows, and the transpose of
+        the product back to (N, M, pixels) is small. Otherwise
+        ``"batch_first"`` (C*K, N * pixels).
+        """
+        pixels = 1
+        for o in self.out_spatial:
+            pixels *= o
+        if pixels <= 256:
+            return "batch_last"
+        return "per_image" if self.num_output // self.group <= pixels else "batch_first"
+
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
         g, G = self.geo, self.group
         n, c, m = self.num, g.channels, self.num_output
         w = self.blobs[0].data.reshape(G, m // G, -1)
         nopad = (0,) * g.num_spatial
+        layout = self._layout()
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape((n, c) + self.in_spatial)
-            if any(g.pad):
-                x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(c, self.in_spatial)))
-            col = im2col(x, g.kernel, nopad, g.stride, g.dilation, out=self._buffers.get("col%d" % i))
-            self._buffers["col%d" % i] = col
-            npix = col.shape[1]
-            y_mat = self._buffer(col, "mat", (m, npix))
-            xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
             y = t.data.reshape(n, m, -1)
-            y[...] = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
+            if layout == "batch_last":
+                col = im2col(x, g.kernel, g.pad, g.stride, g.dilation, out=self._buffers.get("col%d" % i),
+                             batch_last=True,
+                             scratch=self._buffer(x, "xt", im2col_scratch_shape(x.shape, g.pad)))
+            else:
+                if any(g.pad):
+                    x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(c, self.in_spatial)))
+                col = im2col(x, g.kernel, nopad, g.stride, g.dilation, out=self._buffers.get("col%d" % i),
+                             per_image=layout == "per_image")
+            self._buffers["col%d" % i] = col
+            if layout == "per_image":  # (G, M/G, CK/G) @ (N, G, CK/G, pixels) -> (N, G, M/G, pixels)
+                xp.matmul(w, col.reshape(n, G, -1, col.shape[2]), out=y.reshape(n, G, m // G, -1))
+            else:
+                npix = col.shape[1]
+                y_mat = self._buffer(col, "mat", (m, npix))
+                xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
+                if layout == "batch_last":  # (M, pixels, N) -> (N, M, pixels)
+                    y[...] = y_mat.reshape(m, -1, n).transpose(2, 0, 1)
+                else:  # (M, N, pixels) -> (N, M, pixels)
+                    y[...] = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
             if len(self.blobs) > 1:
                 y += self.blobs[1].data[:, None]
 
@@ -205,6 +239,7 @@ class ConvolutionLayer(_BaseConvolution):
         n, c, m = self.num, g.channels, self.num_output
         w = self.blobs[0].data.reshape(G, m // G, -1)
         x_shape = (n, c) + self.in_spatial
+        layout = self._layout()
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape(n, m, -1)
             if len(self.blobs) > 1 and self.param_propagate_down[1]:
@@ -213,23 +248,47 @@ class ConvolutionLayer(_BaseConvolution):
             if not (need_w or propagate_down[i]):
                 continue
             col = self._buffers["col%d" % i]
+            if layout == "per_image":
+                self._backward_per_image(xp, dy, col, w, need_w, propagate_down[i], b, x_shape)
+                continue
             npix = col.shape[1]
-            dy_mat = self._buffer(dy, "mat", (m, npix))
-            dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
-            dy_mat = dy_mat.reshape(G, m // G, npix)
+            # Columns ordered (pixel, n) make col2im's adds run over long rows; the
+            # weight gradient needs dy in the columns' own order.
+            dy_t = self._buffer(dy, "dy_t", (m, npix))
+            if layout == "batch_last" or propagate_down[i]:
+                dy_t.reshape(m, -1, n)[...] = dy.transpose(1, 2, 0)
             if need_w:
-                dw = xp.matmul(dy_mat, col.reshape(G, -1, npix).transpose(0, 2, 1))
+                if layout == "batch_last":
+                    dy_mat = dy_t
+                else:
+                    dy_mat = self._buffer(dy, "mat", (m, npix))
+                    dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
+                dw = xp.matmul(dy_mat.reshape(G, m // G, npix), col.reshape(G, -1, npix).transpose(0, 2, 1))
                 self.blobs[0].diff += dw.reshape(self.blobs[0].shape)
             if propagate_down[i]:
-                # Columns ordered (pixel, n) make col2im's adds run over long rows.
-                dy_t = self._buffer(dy, "dy_t", (m, npix))
-                dy_t.reshape(m, -1, n)[...] = dy.transpose(1, 2, 0)
                 dcol = self._buffer(dy, "dcol", (c * g.kernel_count, npix))
                 xp.matmul(w.transpose(0, 2, 1), dy_t.reshape(G, m // G, npix),
                           out=dcol.reshape(G, -1, npix))
                 scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, True))
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
+
+    def _backward_per_image(self, xp, dy, col, w, need_w, need_x, bottom_blob, x_shape):
+        """Backward with per-image columns (N, C*K, pixels): batched matmuls, no transposes of dy."""
+        g, G = self.geo, self.group
+        n, m = self.num, self.num_output
+        npix = col.shape[2]
+        dy4 = dy.reshape(n, G, m // G, npix)
+        col4 = col.reshape(n, G, -1, npix)
+        if need_w:  # sum over images of dy_n @ col_n^T
+            dw = xp.matmul(dy4, col4.transpose(0, 1, 3, 2))
+            self.blobs[0].diff += dw.sum(axis=0).reshape(self.blobs[0].shape)
+        if need_x:
+            dcol = self._buffer(dy, "dcol", col.shape)
+            xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(col4.shape))
+            scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, per_image=True))
+            col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
+                   out=bottom_blob.diff.reshape(x_shape), scratch=scratch, per_image=True)
 
 
 @register_layer("Deconvolution")
@@ -434,6 +493,11 @@ class PoolingLayer(Layer):
         ws = np.minimum(np.arange(ow) * sw - pw + kw, w + pw) - (np.arange(ow) * sw - pw)
         self._divisor = xp.asarray(np.outer(hs, ws).astype(np.float32))
         self.disjoint = sh >= kh and sw >= kw
+        # MAX windows that tile the input exactly (no pad, no overlap, no gap, no
+        # overhang): the input reshapes to (N, C, OH, KH, OW, KW); see _tiled_max_forward.
+        self.tiled = (self.method == self.P.MAX and not any(self.pad) and oh * kh == h and ow * kw == w
+                      and (oh == 1 or sh == kh) and (ow == 1 or sw == kw))
+        self._tiled_bufs = {}
         self._argmax = None
         self._arg = None
 
@@ -489,11 +553,61 @@ class PoolingLayer(Layer):
             summed = xp.bincount(index.reshape(-1), weights=values.reshape(-1), minlength=bottom_diff.size)
             bottom_diff.reshape(-1)[...] = summed
 
+    def _tiled(self, xp, name, shape, dtype):
+        """A work array for the tiled MAX path, kept until the bottom shape changes."""
+        buf = self._tiled_bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._tiled_bufs[name] = xp.empty(shape, dtype=dtype)
+        return buf
+
+    def _tiled_max_forward(self, xp, x, top):
+        """MAX pooling over windows that tile ``x`` exactly: no padding copy, no index gather.
+
+        One transposing copy puts each window offset k = i * KW + j in a contiguous
+        plane, so the comparisons run over long contiguous rows (strided views of
+        ``x`` are several times slower). The offsets are walked in row-major order as
+        in the general path: an offset strictly larger than the best so far becomes
+        the winner, so ties keep the first maximum in row-major order (Caffe's rule).
+        ``arg`` (small integers) keeps each window's winning offset for backward.
+        """
+        n, c, h, w = x.shape
+        (kh, kw), (oh, ow) = self.kernel, self.out_hw
+        planes = self._tiled(xp, "planes", (kh * kw, n, c, oh, ow), x.dtype)
+        planes.reshape(kh, kw, n, c, oh, ow)[...] = x.reshape(n, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)
+        arg = self._tiled(xp, "arg", (n, c, oh, ow), np.int8 if kh * kw <= 127 else np.int32)
+        step = self._tiled(xp, "step", (n, c, oh, ow), arg.dtype)
+        better = self._tiled(xp, "mask", (n, c, oh, ow), bool)
+        y = top[0].data
+        y[...] = planes[0]
+        arg[...] = 0
+        for k in range(1, kh * kw):  # k only grows, so max(arg, k * better) is the latest winner
+            xp.greater(planes[k], y, out=better)
+            xp.maximum(y, planes[k], out=y)
+            xp.multiply(better, arg.dtype.type(k), out=step)
+            xp.maximum(arg, step, out=arg)
+        if len(top) > 1:  # Caffe's mask: flat index h * W + w of the chosen element
+            offset = xp.asarray(np.array([i * w + j for i in range(kh) for j in range(kw)], dtype=np.int64))
+            corner = (np.arange(oh) * (kh * w)).reshape(oh, 1) + np.arange(ow) * kw
+            top[1].data[...] = xp.asarray(corner) + offset.take(arg)
+
+    def _tiled_max_backward(self, xp, dy, bottom_diff):
+        """Each window's gradient goes to its winning offset, zero to the others: one product per offset."""
+        kh, kw = self.kernel
+        n, c, oh, ow = dy.shape
+        arg = self._tiled_bufs["arg"]
+        mask = self._tiled(xp, "mask", arg.shape, bool)
+        dx = bottom_diff.reshape(n, c, oh, kh, ow, kw)
+        for k in range(kh * kw):
+            xp.equal(arg, k, out=mask)
+            xp.multiply(dy, mask, out=dx[:, :, :, k // kw, :, k % kw])
+
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
         x = bottom[0].data
         P = self.P
-        if self.method == P.MAX:
+        if self.tiled:
+            self._tiled_max_forward(xp, x, top)
+        elif self.method == P.MAX:
             # Walk the window offsets in row-major order; a strictly larger value
             # replaces the best so far, so ties keep the first maximum (Caffe's rule).
             # (Branch-free: k only grows, so max(arg, better * k) records the latest winner.)
@@ -548,6 +662,9 @@ class PoolingLayer(Layer):
         xp = self.xp_of(top[0])
         dy = top[0].diff
         P = self.P
+        if self.tiled:
+            self._tiled_max_backward(xp, dy, bottom[0].diff)
+            return
         if self.method == P.MAX or (self.method == P.STOCHASTIC and self.phase == self.TRAIN):
             self._scatter_index(xp, self._argmax, dy, bottom[0].diff)
             return
