@@ -202,9 +202,11 @@ def test_convolution_matches_direct_formula(param, pad, stride, dil, group):
 @pytest.mark.parametrize("param,pad,stride,dil,group", [
     ("kernel_size: 3 pad: 1 stride: 2", (1, 1), (2, 2), (1, 1), 1),
     ("kernel_size: 2 group: 2 dilation: 2 pad: 1", (1, 1), (1, 1), (2, 2), 2),
+    ("kernel_size: 3 bias_term: false", (0, 0), (1, 1), (1, 1), 1),
 ])
 def test_convolution_column_layouts_agree(monkeypatch, layout, param, pad, stride, dil, group):
-    """Each column layout the layer may pick gives the direct formula and exact gradients."""
+    """Each column layout the layer may pick gives the direct formula and exact gradients
+    (per_image with the bias folded into the product, with groups, and without a bias)."""
     from solvers.layers.vision import ConvolutionLayer
     monkeypatch.setattr(ConvolutionLayer, "_layout", lambda self: layout)
     rng = np.random.default_rng(5)
@@ -214,7 +216,8 @@ def test_convolution_column_layouts_agree(monkeypatch, layout, param, pad, strid
     layer = make_layer(text)
     bottom, top = setup(layer, [x])
     layer.forward(bottom, top)
-    want = reference_conv(x.astype(np.float64), layer.blobs[0].data, layer.blobs[1].data, pad, stride, dil, group)
+    bias = layer.blobs[1].data if len(layer.blobs) > 1 else None
+    want = reference_conv(x.astype(np.float64), layer.blobs[0].data, bias, pad, stride, dil, group)
     np.testing.assert_allclose(top[0].data, want, rtol=1e-4, atol=1e-5)
     gradient_check(text, [(2, 4, 5, 6)])
 

@@ -235,19 +235,39 @@ class ConvolutionLayer(_BaseConvolution):
                 y[...] = y_mat
 
     def _forward_per_image(self, xp, x, w, y, i):
-        """Per-image columns (N, C*K, pixels): one matmul per image, straight into the top."""
+        """Per-image columns (N, C*K, pixels): one matmul per image, straight into the top.
+
+        Without groups the bias rides in the product too: the column buffer has
+        an extra row of ones and the weights an extra column holding the bias,
+        which saves a pass over the top (and gives the bias gradient in backward's
+        weight product).
+        """
         g, G = self.geo, self.group
         n, m = self.num, self.num_output
         if any(g.pad):
             x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(g.channels, self.in_spatial)))
-        col = im2col(x, g.kernel, (0,) * g.num_spatial, g.stride, g.dilation,
-                     out=self._buffers.get("col%d" % i), per_image=True)
-        self._buffers["col%d" % i] = col
-        npix = col.shape[2]
-        # (G, M/G, CK/G) @ (N, G, CK/G, pixels) -> (N, G, M/G, pixels)
-        xp.matmul(w, col.reshape(n, G, -1, npix), out=y.reshape(n, G, m // G, npix))
-        if len(self.blobs) > 1:
-            y += self.blobs[1].data[:, None]
+        rows = g.channels * g.kernel_count
+        npix = y.shape[2]
+        fold = self._fold_bias()
+        col = self._buffers.get("col%d" % i)
+        shape = (n, rows + fold, npix)
+        if col is None or col.shape != shape or col.dtype != x.dtype:
+            col = self._buffers["col%d" % i] = xp.empty(shape, dtype=x.dtype)
+            col[:, rows:] = 1
+        im2col(x, g.kernel, (0,) * g.num_spatial, g.stride, g.dilation, out=col[:, :rows], per_image=True)
+        if fold:
+            w_aug = self._buffer(w, "w_bias", (m, rows + 1))
+            w_aug[:, :rows] = w[0]
+            w_aug[:, rows] = self.blobs[1].data
+            xp.matmul(w_aug, col, out=y)
+        else:  # (G, M/G, CK/G) @ (N, G, CK/G, pixels) -> (N, G, M/G, pixels)
+            xp.matmul(w, col.reshape(n, G, -1, npix), out=y.reshape(n, G, m // G, npix))
+            if len(self.blobs) > 1:
+                y += self.blobs[1].data[:, None]
+
+    def _fold_bias(self):
+        """Whether the per-image layout carries the bias as an extra column row (no groups)."""
+        return self.group == 1 and len(self.blobs) > 1
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp_of(top[0])
@@ -256,8 +276,12 @@ class ConvolutionLayer(_BaseConvolution):
         w = self.blobs[0].data.reshape(G, m // G, -1)
         x_shape = (n, c) + self.in_spatial
         layout = self._layout()
+        fold = layout == "per_image" and self._fold_bias()
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape(n, m, -1)
+            if fold:
+                self._backward_per_image(xp, dy, self._buffers["col%d" % i], w, propagate_down[i], b, x_shape)
+                continue
             if len(self.blobs) > 1 and self.param_propagate_down[1]:
                 # (N, M, pixels) @ ones: a BLAS product, faster than sum over axes (0, 2).
                 ones = self._buffers.get("ones")
@@ -269,7 +293,7 @@ class ConvolutionLayer(_BaseConvolution):
                 continue
             col = self._buffers["col%d" % i]
             if layout == "per_image":
-                self._backward_per_image(xp, dy, col, w, need_w, propagate_down[i], b, x_shape)
+                self._backward_per_image(xp, dy, col, w, propagate_down[i], b, x_shape)
                 continue
             npix = col.shape[1]
             # Columns ordered (pixel, n) make col2im's adds run over long rows; the
@@ -295,19 +319,29 @@ class ConvolutionLayer(_BaseConvolution):
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
 
-    def _backward_per_image(self, xp, dy, col, w, need_w, need_x, bottom_blob, x_shape):
-        """Backward with per-image columns (N, C*K, pixels): batched matmuls, no transposes of dy."""
+    def _backward_per_image(self, xp, dy, col, w, need_x, bottom_blob, x_shape):
+        """Backward with per-image columns (N, C*K [+1], pixels): batched matmuls, no transposes of dy.
+
+        With the bias folded in (an extra row of ones in ``col``), the weight
+        product's last column is the bias gradient.
+        """
         g, G = self.geo, self.group
         n, m = self.num, self.num_output
         npix = col.shape[2]
+        rows = g.channels * g.kernel_count
+        fold = col.shape[1] > rows
         dy4 = dy.reshape(n, G, m // G, npix)
-        col4 = col.reshape(n, G, -1, npix)
-        if need_w:  # sum over images of dy_n @ col_n^T
-            dw = xp.matmul(dy4, col4.transpose(0, 1, 3, 2))
-            self.blobs[0].diff += dw.sum(axis=0).reshape(self.blobs[0].shape)
+        need_w = self.param_propagate_down[0]
+        need_b = fold and self.param_propagate_down[1]
+        if need_w or need_b:  # sum over images of dy_n @ col_n^T
+            dw = xp.matmul(dy4, col.reshape(n, G, -1, npix).transpose(0, 1, 3, 2)).sum(axis=0)
+            if need_w:
+                self.blobs[0].diff += dw[..., :rows // G].reshape(self.blobs[0].shape)
+            if need_b:
+                self.blobs[1].diff += dw[0, :, rows]
         if need_x:
-            dcol = self._buffer(dy, "dcol", col.shape)
-            xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(col4.shape))
+            dcol = self._buffer(dy, "dcol", (n, rows, npix))
+            xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(n, G, -1, npix))
             scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, per_image=True))
             col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                    out=bottom_blob.diff.reshape(x_shape), scratch=scratch, per_image=True)
