@@ -66,7 +66,7 @@ def test_golden_layer(case):
     for top_name, i in sources.items():
         data = gold["bottom_%d" % i]
         b = Blob(data.shape)
-        b.data[...] = data
+        b.data[...] = b.xp.asarray(data)   # works with CuPy blobs too
         blobs[top_name] = b
     for bname in lp.bottom:
         assert bname in blobs, "case %s: bottom %r has no source layer" % (name, bname)
@@ -87,7 +87,7 @@ def test_golden_layer(case):
         assert tuple(layer.blobs[j].shape) == want.shape, (
             "case %s: parameter blob %d has shape %s, Caffe's is %s"
             % (name, j, tuple(layer.blobs[j].shape), want.shape))
-        layer.blobs[j].data[...] = want
+        layer.blobs[j].data[...] = layer.blobs[j].xp.asarray(want)
 
     layer.forward(bottom, top)
     for k in range(len(top)):
@@ -112,7 +112,7 @@ def test_golden_layer(case):
     for k, t in enumerate(top):
         key = "top_diff_%d" % k
         if key in gold.files:
-            t.diff[...] = gold[key]
+            t.diff[...] = t.xp.asarray(gold[key])
         elif k < len(lp.loss_weight):
             t.diff[...] = lp.loss_weight[k]
         else:

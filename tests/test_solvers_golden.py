@@ -16,6 +16,7 @@ import pytest
 
 from netspec import caffe_pb2
 from netspec.io import read_binary
+from solvers.backend import to_numpy
 from solvers.solver import Solver, read_solver_param
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "solvers"
@@ -43,19 +44,21 @@ def _solver(name, tmp_path):
     param.snapshot_prefix = str(tmp_path / name)
     solver = Solver(param)
     data = np.load(GOLDEN / "data.npz")
-    solver.net.blobs["data"].data[...] = data["data"]
-    solver.net.blobs["label"].data[...] = data["label"]
+    for name in ("data", "label"):   # xp.asarray: CuPy blobs too
+        blob = solver.net.blobs[name]
+        blob.data[...] = blob.xp.asarray(data[name])
     return solver
 
 
 def _set_params(net, golden, key):
     for layer, j in PARAMS:
-        net.params[layer][j].data[...] = golden["%s_%s_%d" % (key, layer, j)]
+        param = net.params[layer][j]
+        param.data[...] = param.xp.asarray(golden["%s_%s_%d" % (key, layer, j)])
 
 
 def _check_params(net, golden, key, what):
     for layer, j in PARAMS:
-        np.testing.assert_allclose(net.params[layer][j].data, golden["%s_%s_%d" % (key, layer, j)],
+        np.testing.assert_allclose(to_numpy(net.params[layer][j].data), golden["%s_%s_%d" % (key, layer, j)],
                                    rtol=RTOL, atol=ATOL, err_msg="%s: %s param %d" % (what, layer, j))
 
 
