@@ -130,13 +130,10 @@ class Blob:
             self.diff[...] = self.xp.asarray(np.asarray(proto.diff, dtype=np.float32).reshape(self._shape))
 
     def to_proto(self, write_diff=False):
-        from netspec import caffe_pb2
-        proto = caffe_pb2.BlobProto()
-        proto.shape.dim.extend(self._shape)
-        proto.data.extend(to_numpy(self.data).ravel().tolist())
-        if write_diff:
-            proto.diff.extend(to_numpy(self.diff).ravel().tolist())
-        return proto
+        """A BlobProto with ``shape`` and the data (and diff): the arrays go in as packed
+        bytes, not as Python lists (a list of floats takes ~8x the array's memory)."""
+        from netspec.io import array_to_blobproto
+        return array_to_blobproto(to_numpy(self.data), to_numpy(self.diff) if write_diff else None)
 
     def __repr__(self):
         return "<Blob shape=%s dtype=float32>" % (self._shape,)
