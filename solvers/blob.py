@@ -12,15 +12,19 @@ class Blob:
     allocated (as Caffe does), so a net reshaped to a smaller batch allocates
     nothing. Two blobs may share one buffer (``share_data``/``share_diff``):
     that is how in-place reshapes and shared parameters work.
+
+    The diff buffer is allocated (zeroed) on first use of ``diff``: most blobs
+    of a net that only runs forward (a test net) never need one.
     """
 
     def __init__(self, shape=(), xp=None):
         self.xp = xp if xp is not None else default_xp()
         self._shape = ()
         self._data_buf = self.xp.zeros(0, dtype=self.xp.float32)
-        self._diff_buf = self.xp.zeros(0, dtype=self.xp.float32)
+        self._diff_store = None   # the diff buffer, once allocated
+        self._diff_size = 0       # its size when allocated (what the old diff held, or the capacity)
+        self._diff = None         # the diff view for the current shape, once asked for
         self.data = None
-        self.diff = None
         self.reshape(shape)
 
     # -- shape ---------------------------------------------------------
@@ -37,10 +41,36 @@ class Blob:
             count *= s
         if count > self._data_buf.size:
             self._data_buf = self.xp.zeros(count, dtype=self.xp.float32)
-            self._diff_buf = self.xp.zeros(count, dtype=self.xp.float32)
+            self._diff_store = None
+            self._diff_size = count
         self._shape = shape
         self.data = self._data_buf[:count].reshape(shape)
-        self.diff = self._diff_buf[:count].reshape(shape)
+        self._diff = None
+
+    @property
+    def _diff_buf(self):
+        """The whole diff buffer (allocated, zeroed, on first use)."""
+        buf = self._diff_store
+        if buf is None or buf.size < self.data.size:
+            buf = self._diff_store = self.xp.zeros(max(self._diff_size, self.data.size), dtype=self.xp.float32)
+        return buf
+
+    @_diff_buf.setter
+    def _diff_buf(self, buf):
+        self._diff_store = buf
+        self._diff_size = buf.size
+        self._diff = None
+
+    @property
+    def diff(self):
+        d = self._diff
+        if d is None:
+            d = self._diff = self._diff_buf[:self.data.size].reshape(self._shape)
+        return d
+
+    @diff.setter
+    def diff(self, value):
+        self._diff = value
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -98,7 +128,7 @@ class Blob:
         if other.count != self.count:
             raise CaffeError("share_diff: counts differ (%s vs %s)" % (self._shape, other.shape))
         self._diff_buf = other._diff_buf
-        self.diff = other.diff.reshape(self._shape)
+        self._diff = other.diff.reshape(self._shape)
 
     # -- proto ---------------------------------------------------------
     def from_proto(self, proto, reshape=True, name="blob"):
