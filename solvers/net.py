@@ -177,6 +177,9 @@ class Net:
         self._decide_backward()
         if param.force_backward:
             self._force_backward()
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            if not need and hasattr(layer, "need_backward"):
+                layer.need_backward = False   # it may drop what only backward would read
         self._output_ids = [name_to_idx[n] for n in sorted(available)]
         for n in sorted(available):
             log.info("This network produces output %s", n)
@@ -658,11 +661,19 @@ class Net:
                     blob.data[...] = blob.xp.asarray(arr.astype("float32"))
 
     def share_with(self, other):
-        """Share the data of ``other``'s trained layers by name (Caffe's ShareTrainedLayersWith)."""
+        """Share the data of ``other``'s trained layers by name (Caffe's ShareTrainedLayersWith).
+
+        Layers that can (convolutions) also share their work memory with their
+        namesakes: the two nets run at different times (a solver's train and
+        test nets), so one set of column buffers serves both.
+        """
         for name, source in zip(other.layer_names, other.layers):
             if name not in self._layer_index:
                 continue
-            target = self.layer_by_name(name).blobs
+            layer = self.layer_by_name(name)
+            if hasattr(layer, "share_work_memory"):
+                layer.share_work_memory(source)
+            target = layer.blobs
             if len(target) != len(source.blobs):
                 raise NetError("share_with: layer %r has %d blobs here but %d in net %r"
                                % (name, len(target), len(source.blobs), other.name))

@@ -222,6 +222,163 @@ def test_convolution_column_layouts_agree(monkeypatch, layout, param, pad, strid
     gradient_check(text, [(2, 4, 5, 6)])
 
 
+CONV_TEXT = ('type: "Convolution" convolution_param { num_output: 6 %s '
+             'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" } }')
+
+
+def train_and_test_conv(text, x):
+    """The same convolution (same weights) in a TRAIN and in a TEST layer, both set up on ``x``."""
+    layers = [make_layer(text, caffe_pb2.TRAIN), make_layer(text, caffe_pb2.TEST)]
+    blobs = [setup(layer, [x]) for layer in layers]
+    for p, q in zip(layers[0].blobs, layers[1].blobs):
+        q.data[...] = p.data
+    return layers, blobs
+
+
+@pytest.mark.parametrize("layout", ["per_image", "batch_first", "batch_last"])
+@pytest.mark.parametrize("param", ["kernel_size: 3 pad: 1 stride: 2", "kernel_size: 2 group: 2 dilation: 2 pad: 1",
+                                   "kernel_size: 3 bias_term: false"])
+def test_convolution_forward_only_gives_the_same_bits(monkeypatch, layout, param):
+    """A TEST layer keeps no columns (per-image ones are made a few images per pass,
+    here 3, 3 and 1 of 7); its top is the TRAIN layer's bit for bit. A backward after
+    it recomputes the columns: the gradients are the TRAIN ones bit for bit, and from
+    then on it keeps them."""
+    from solvers.layers import vision
+    monkeypatch.setattr(vision.ConvolutionLayer, "_layout", lambda self: layout)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((7, 4, 9, 8)).astype(np.float32)
+    (train, test), ((b_train, t_train), (b_test, t_test)) = train_and_test_conv(CONV_TEXT % param, x)
+    assert train.need_backward and not test.need_backward
+    image_bytes = 4 * int(np.prod(test._column_shape("per_image", 1)))
+    monkeypatch.setattr(vision, "_PASS_BYTES", 3 * image_bytes)
+    assert test._images_per_pass(4) == 3
+    train.forward(b_train, t_train)
+    test.forward(b_test, t_test)
+    assert not test._kept and not test.column_store._entries
+    np.testing.assert_array_equal(t_test[0].data, t_train[0].data)
+    dy = rng.standard_normal(t_train[0].shape).astype(np.float32)
+    for layer, bottom, top in ((train, b_train, t_train), (test, b_test, t_test)):
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(b_test[0].diff, b_train[0].diff)
+    for p, q in zip(train.blobs, test.blobs):
+        np.testing.assert_array_equal(q.diff, p.diff)
+    assert test.need_backward
+    test.forward(b_test, t_test)
+    assert test._kept == {0}
+
+
+def test_convolution_lenet_test_net_conv1_passes_give_the_same_bits():
+    """LeNet's test-net conv1 (batch 100, per-image columns, 6 MB of them) runs in
+    passes of a few images; the top equals the one-pass (TRAIN) result bit for bit."""
+    rng = np.random.default_rng(8)
+    x = rng.random((100, 1, 28, 28), dtype=np.float32)
+    text = ('type: "Convolution" convolution_param { num_output: 20 kernel_size: 5 '
+            'weight_filler { type: "xavier" } bias_filler { type: "gaussian" } }')
+    (train, test), ((b_train, t_train), (b_test, t_test)) = train_and_test_conv(text, x)
+    assert test._layout() == "per_image" and test._images_per_pass(4) < 100
+    train.forward(b_train, t_train)
+    test.forward(b_test, t_test)
+    np.testing.assert_array_equal(t_test[0].data, t_train[0].data)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 12, 12), (3, 2, 6, 6)])   # per-image and batch-last columns
+def test_convolution_layers_sharing_work_memory(shape):
+    """A test layer paired with its train layer (Net.share_with) writes its columns into
+    the train layer's store; the train layer then recomputes them in backward, with the
+    same numbers, and takes them back at its next forward."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    (train, test), ((b_train, t_train), (b_test, t_test)) = train_and_test_conv(CONV_TEXT % "kernel_size: 3", x)
+    test.share_work_memory(train)
+    assert test.column_store is train.column_store
+    dy = rng.standard_normal(t_train[0].shape).astype(np.float32)
+    t_train[0].diff[...] = dy
+
+    def train_backward():
+        for p in train.blobs:
+            p.diff[...] = 0
+        train.backward(t_train, [True], b_train)
+        return [b_train[0].diff.copy()] + [p.diff.copy() for p in train.blobs]
+
+    train.forward(b_train, t_train)
+    kept = train.column_store.take(train, 0, x, train._column_shape(train._layout(), 3))[0]
+    want = train_backward()
+    train.forward(b_train, t_train)
+    test.forward(b_test, t_test)             # takes the store over
+    np.testing.assert_array_equal(t_test[0].data, t_train[0].data)
+    assert not train.column_store.holds(train, 0)
+    assert np.shares_memory(test.column_store.take(test, 0, x, test._column_shape(test._layout(), 3))[0], kept)
+    for got, w in zip(train_backward(), want):   # columns recomputed
+        np.testing.assert_array_equal(got, w)
+    train.forward(b_train, t_train)
+    assert train.column_store.holds(train, 0) and 0 in train._kept
+
+
+def test_convolution_backward_twice_after_one_forward():
+    """The input gradient overwrites the kept columns; a second backward recomputes them."""
+    rng = np.random.default_rng(9)
+    for layout in ("per_image", "batch_last"):
+        x = rng.standard_normal((2, 3, 20, 20) if layout == "per_image" else (2, 3, 6, 6)).astype(np.float32)
+        layer = make_layer(CONV_TEXT % "kernel_size: 3")
+        bottom, top = setup(layer, [x])
+        assert layer._layout() == layout
+        layer.forward(bottom, top)
+        top[0].diff[...] = rng.standard_normal(top[0].shape)
+        layer.backward(top, [True], bottom)
+        first = [bottom[0].diff.copy()] + [p.diff.copy() for p in layer.blobs]
+        layer.backward(top, [True], bottom)
+        np.testing.assert_array_equal(bottom[0].diff, first[0])
+        for p, d in zip(layer.blobs, first[1:]):
+            np.testing.assert_allclose(p.diff, 2 * d, rtol=1e-6)
+
+
+def test_net_tells_layers_which_need_backward():
+    """Convolutions in a TEST net, and those the net never runs backward, keep no columns."""
+    from solvers.net import Net
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } } '
+            'layer { name: "frozen" type: "Convolution" bottom: "data" top: "a" param { lr_mult: 0 } '
+            '  param { lr_mult: 0 } convolution_param { num_output: 2 kernel_size: 3 '
+            '  weight_filler { type: "gaussian" } } } '
+            'layer { name: "learn" type: "Convolution" bottom: "a" top: "b" '
+            '  convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" } } } '
+            'layer { name: "loss" type: "Reduction" bottom: "b" top: "loss" loss_weight: 1 }')
+    train, test = Net(text, caffe_pb2.TRAIN), Net(text, caffe_pb2.TEST)
+    assert not train.layer_by_name("frozen").need_backward and train.layer_by_name("learn").need_backward
+    assert not test.layer_by_name("frozen").need_backward and not test.layer_by_name("learn").need_backward
+    test.share_with(train)
+    x = np.random.default_rng(10).standard_normal((2, 1, 8, 8))
+    for net in (train, test):
+        net.blobs["data"].data[...] = x
+    train.forward_backward()
+    test.forward_backward()      # backward on a TEST net still works (the columns are recomputed)
+    np.testing.assert_array_equal(test.blobs["b"].data, train.blobs["b"].data)
+    np.testing.assert_array_equal(test.blobs["a"].diff, train.blobs["a"].diff)
+    assert not train.layer_by_name("frozen")._kept
+
+
+def test_tiled_max_pooling_in_passes_gives_the_same_results(monkeypatch):
+    """Tiled MAX pooling runs its scratch planes a few images at a time; top, mask and
+    gradient are those of one pass."""
+    from solvers.layers import vision
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((7, 3, 8, 6)).astype(np.float32)
+    x[:, :, 0, 0] = x[:, :, 0, 1]    # ties: the first maximum wins
+    text = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }'
+    results = []
+    for pass_bytes in (vision._PASS_BYTES, 2 * x[0].nbytes):
+        monkeypatch.setattr(vision, "_PASS_BYTES", pass_bytes)
+        layer = make_layer(text)
+        bottom, top = setup(layer, [x], num_top=2)
+        assert layer.tiled
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count, dtype=np.float32).reshape(top[0].shape)
+        layer.backward(top, [True], bottom)
+        results.append([top[0].data.copy(), top[1].data.copy(), bottom[0].diff.copy()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_convolution_layout_choice():
     """Large output maps use per-image columns, small ones batch-last (LeNet's conv1 and conv2)."""
     for shape, num_output, want in (((2, 1, 28, 28), 20, "per_image"), ((2, 20, 12, 12), 50, "batch_last"),

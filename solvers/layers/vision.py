@@ -2,9 +2,15 @@
 
 Convolution is im2col plus one matrix product per group over the whole
 batch (see ``solvers.im2col``); pooling works on strided window views of the
-input. Work buffers and index arrays are kept across calls and rebuilt only
-when a bottom changes shape. None of these layers runs in place.
+input. What backward needs from forward (convolution columns, pooling
+winners) and index arrays are kept across calls and rebuilt only when a
+bottom changes shape; temporaries that die with the call live in one scratch
+pool shared by every layer (``_scratch``). None of these layers runs in place.
 """
+import math
+import threading
+import weakref
+
 import numpy as np
 
 from solvers.backend import get_array_module
@@ -19,6 +25,65 @@ FLT_MIN = float(np.finfo(np.float32).tiny)
 
 def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+_scratch_pool = threading.local()
+_PASS_BYTES = 2 << 20   # scratch-only work (columns not kept, pooling planes) runs in passes of about this size
+
+
+def _scratch(like, slot, shape, dtype=None):
+    """A work array of ``shape`` (``like``'s dtype by default) whose contents die with the call.
+
+    Slot ``slot`` of a per-thread pool shared by every layer of every net: layers
+    run one at a time, so a process needs one buffer per slot, as large as its
+    largest request, instead of one per layer and net. Slot 0 takes a call's
+    largest temporary, 1, 2, ... the others it uses at the same time. The
+    contents are arbitrary. Other array modules (CuPy, with its own memory
+    pool) get a fresh array.
+    """
+    xp = get_array_module(like)
+    dtype = np.dtype(like.dtype if dtype is None else dtype)
+    shape = tuple(shape)
+    if xp is not np:
+        return xp.empty(shape, dtype=dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
+    pool = _scratch_pool.__dict__
+    buf = pool.get(slot)
+    if buf is None or buf.size < nbytes:
+        buf = pool[slot] = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+class _ColumnStore:
+    """Where a convolution keeps its column matrices from forward to backward.
+
+    Two layers that run at different times may use one store: a solver's
+    train net and its test net do, once ``Net.share_with`` has paired their
+    layers (``share_work_memory``). Whoever writes a bottom's columns takes
+    them over; a layer whose columns were taken recomputes them in backward.
+    """
+
+    def __init__(self):
+        self.shared = False
+        self._entries = {}   # bottom index -> [flat buffer, weakref to the last writer, its shape]
+
+    def take(self, layer, i, like, shape):
+        """An array of ``shape`` for bottom ``i``'s columns, and whether its contents are
+        other than what ``layer`` last left there as this shape (a new buffer, or another writer)."""
+        xp = get_array_module(like)
+        size = math.prod(shape)
+        entry = self._entries.get(i)
+        if entry is None or entry[0].size < size or entry[0].dtype != like.dtype \
+                or get_array_module(entry[0]) is not xp:
+            entry = self._entries[i] = [xp.empty(size, dtype=like.dtype), None, None]
+        fresh = not self.holds(layer, i) or entry[2] != shape
+        entry[1], entry[2] = weakref.ref(layer), shape
+        return entry[0][:size].reshape(shape), fresh
+
+    def holds(self, layer, i):
+        """Whether ``layer`` wrote bottom ``i``'s columns last."""
+        entry = self._entries.get(i)
+        return entry is not None and entry[1] is not None and entry[1]() is layer
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +182,19 @@ class _BaseConvolution(Layer):
             if p.bias_term:
                 fill(self.blobs[1], p.bias_filler)
         self.param_propagate_down = [True] * len(self.blobs)
+        from netspec import caffe_pb2
+        # Whether forward keeps what backward needs: not in a TEST net, nor where the
+        # Net never runs this layer backward (it sets this False); a backward call
+        # turns it back on.
+        self.need_backward = self.phase == caffe_pb2.TRAIN
+        self.column_store = _ColumnStore()
         self._key = None
+
+    def share_work_memory(self, other):
+        """Keep columns in ``other``'s store (a layer of the same type, run at other times)."""
+        if type(other) is type(self) and other is not self:
+            self.column_store = other.column_store
+            self.column_store.shared = True
 
     def _load_blobs(self, shapes):
         """Weights embedded in the layer's ``blobs`` replace the fillers."""
@@ -159,6 +236,7 @@ class _BaseConvolution(Layer):
             self._key = key
             self.num, self.in_spatial, self.out_spatial = num, spatial, out_sp
             self._buffers = {}
+            self._kept = set()   # bottoms whose columns the last forward left in the column store
 
     def _buffer(self, like, name, shape):
         """A zeroed work array of ``like``'s dtype, kept until the bottom shape changes."""
@@ -167,17 +245,17 @@ class _BaseConvolution(Layer):
             buf = self._buffers[name] = get_array_module(like).zeros(tuple(shape), dtype=like.dtype)
         return buf
 
-    def _padded_shape(self, channels, spatial):
-        return (self.num, channels) + tuple(s + 2 * p for s, p in zip(spatial, self.geo.pad))
-
 
 @register_layer("Convolution")
 class ConvolutionLayer(_BaseConvolution):
     """y = W * x + b, one (group-batched) matmul over im2col columns of the whole batch.
 
     Weights (num_output, channels/group, *kernel), bias (num_output,).
-    The column matrix of each bottom is kept from forward for backward
-    (Caffe recomputes it; the bottom data has not changed in between).
+    The column matrix of each bottom is kept from forward for backward in
+    the layer's ``column_store`` (Caffe recomputes it; the bottom data has
+    not changed in between), unless ``need_backward`` is False (a TEST net):
+    then forward writes it to the shared scratch, or to the store it shares
+    with the train net's layer, and a backward recomputes it.
     """
 
     def _layout(self):
@@ -200,41 +278,105 @@ class ConvolutionLayer(_BaseConvolution):
             return "batch_last"
         return "per_image" if self.num_output // self.group <= pixels else "batch_first"
 
-    def forward(self, bottom, top):
-        xp = self.xp_of(bottom[0])
-        g, G = self.geo, self.group
-        n, c, m = self.num, g.channels, self.num_output
-        w = self.blobs[0].data.reshape(G, m // G, -1)
-        nopad = (0,) * g.num_spatial
-        layout = self._layout()
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            x = b.data.reshape((n, c) + self.in_spatial)
-            y = t.data.reshape(n, m, -1)
-            if layout == "per_image":
-                self._forward_per_image(xp, x, w, y, i)
-                continue
-            if layout == "batch_last":
-                col = im2col(x, g.kernel, g.pad, g.stride, g.dilation, out=self._buffers.get("col%d" % i),
-                             batch_last=True,
-                             scratch=self._buffer(x, "xt", im2col_scratch_shape(x.shape, g.pad)))
-            else:
-                if any(g.pad):
-                    x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(c, self.in_spatial)))
-                col = im2col(x, g.kernel, nopad, g.stride, g.dilation, out=self._buffers.get("col%d" % i))
-            self._buffers["col%d" % i] = col
-            npix = col.shape[1]
-            y_mat = self._buffer(col, "mat", (m, npix))
-            xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
-            if layout == "batch_last":  # (M, pixels, N) -> (N, M, pixels)
-                y_mat = y_mat.reshape(m, -1, n).transpose(2, 0, 1)
-            else:  # (M, N, pixels) -> (N, M, pixels)
-                y_mat = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
-            if len(self.blobs) > 1:  # the bias rides along with the transposing copy
-                xp.add(y_mat, self.blobs[1].data[:, None], out=y)
-            else:
-                y[...] = y_mat
+    def _column_shape(self, layout, n):
+        """(N, C*K [+1 row of ones], pixels) per image, else (C*K, N * pixels)."""
+        rows = self.geo.channels * self.geo.kernel_count
+        npix = math.prod(self.out_spatial)
+        if layout == "per_image":
+            return (n, rows + self._fold_bias(), npix)
+        return (rows, n * npix)
 
-    def _forward_per_image(self, xp, x, w, y, i):
+    def _columns(self, xp, x, i, layout, keep):
+        """im2col of ``x`` (bottom ``i``, or some of its images) in ``layout``: into the
+        column store when ``keep`` (for backward) or when the store is shared anyway,
+        else into the shared scratch.
+
+        Per-image columns of a layer without groups carry an extra row of ones
+        (the bias rides in the product, see ``_forward_per_image``).
+        """
+        g = self.geo
+        n, c = x.shape[:2]
+        rows = c * g.kernel_count
+        shape = self._column_shape(layout, n)
+        if keep or self.column_store.shared:
+            col, fresh = self.column_store.take(self, i, x, shape)
+        else:
+            col, fresh = _scratch(x, 0, shape), True
+        if layout == "per_image" and self._fold_bias() and fresh:
+            col[:, rows:] = 1
+        # Padded copies keep their zero border, so they are the layer's own (one per pass size).
+        nopad = (0,) * g.num_spatial
+        if layout == "batch_last":  # the input transposed to (C, *padded, N), then contiguous runs
+            shape = im2col_scratch_shape(x.shape, g.pad)
+            xt = self._buffer(x, "xt%d" % n, shape) if any(g.pad) else _scratch(x, 2, shape)
+            im2col(x, g.kernel, g.pad, g.stride, g.dilation, out=col, batch_last=True, scratch=xt)
+        else:
+            if any(g.pad):
+                padded = (n, c) + tuple(s + 2 * p for s, p in zip(self.in_spatial, g.pad))
+                x = pad_input(x, g.pad, self._buffer(x, "xpad%d" % n, padded))
+            if layout == "per_image":
+                im2col(x, g.kernel, nopad, g.stride, g.dilation, out=col[:, :rows], per_image=True)
+            else:
+                im2col(x, g.kernel, nopad, g.stride, g.dilation, out=col)
+        if keep:
+            self._kept.add(i)
+        else:
+            self._kept.discard(i)
+        return col
+
+    def _backward_columns(self, xp, bottom_blob, i, layout):
+        """The columns forward made of bottom ``i``; recomputed (and kept from now on) if
+        forward did not keep them or another layer has taken them since."""
+        x = bottom_blob.data.reshape((self.num, self.geo.channels) + self.in_spatial)
+        if i in self._kept and self.column_store.holds(self, i):
+            return self.column_store.take(self, i, x, self._column_shape(layout, self.num))[0]
+        self.need_backward = True
+        return self._columns(xp, x, i, layout, keep=True)
+
+    def _images_per_pass(self, itemsize):
+        """Images per pass for per-image columns not kept: passes of at most ~_PASS_BYTES."""
+        image_bytes = math.prod(self._column_shape("per_image", 1)) * itemsize
+        passes = max(1, -(-self.num * image_bytes // _PASS_BYTES))
+        return -(-self.num // passes)
+
+    def forward(self, bottom, top):
+        """Columns kept for backward cover the batch. Per-image columns not kept are made
+        a few images at a time: the product is one matmul per image either way, so the
+        numbers are the same. (The other layouts multiply the batch's columns at once;
+        a product over fewer columns could round differently, so they make no passes.)"""
+        xp = self.xp_of(bottom[0])
+        g = self.geo
+        n, m = self.num, self.num_output
+        w = self.blobs[0].data.reshape(self.group, m // self.group, -1)
+        layout = self._layout()
+        keep = self.need_backward
+        step = n if keep or layout != "per_image" else self._images_per_pass(bottom[0].data.dtype.itemsize)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = b.data.reshape((n, g.channels) + self.in_spatial)
+            y = t.data.reshape(n, m, -1)
+            for lo in range(0, n, step):
+                col = self._columns(xp, x[lo:lo + step], i, layout, keep)
+                self._forward_columns(xp, col, w, y[lo:lo + step], layout)
+
+    def _forward_columns(self, xp, col, w, y, layout):
+        """y (N, M, pixels) from the columns of its N images."""
+        if layout == "per_image":
+            self._forward_per_image(xp, col, w, y)
+            return
+        G, m = self.group, self.num_output
+        n, npix = y.shape[0], col.shape[1]
+        y_mat = _scratch(col, 1, (m, npix))
+        xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
+        if layout == "batch_last":  # (M, pixels, N) -> (N, M, pixels)
+            y_mat = y_mat.reshape(m, -1, n).transpose(2, 0, 1)
+        else:  # (M, N, pixels) -> (N, M, pixels)
+            y_mat = y_mat.reshape(m, n, -1).transpose(1, 0, 2)
+        if len(self.blobs) > 1:  # the bias rides along with the transposing copy
+            xp.add(y_mat, self.blobs[1].data[:, None], out=y)
+        else:
+            y[...] = y_mat
+
+    def _forward_per_image(self, xp, col, w, y):
         """Per-image columns (N, C*K, pixels): one matmul per image, straight into the top.
 
         Without groups the bias rides in the product too: the column buffer has
@@ -243,19 +385,10 @@ class ConvolutionLayer(_BaseConvolution):
         weight product).
         """
         g, G = self.geo, self.group
-        n, m = self.num, self.num_output
-        if any(g.pad):
-            x = pad_input(x, g.pad, self._buffer(x, "xpad", self._padded_shape(g.channels, self.in_spatial)))
+        n, m = y.shape[0], self.num_output
         rows = g.channels * g.kernel_count
         npix = y.shape[2]
-        fold = self._fold_bias()
-        col = self._buffers.get("col%d" % i)
-        shape = (n, rows + fold, npix)
-        if col is None or col.shape != shape or col.dtype != x.dtype:
-            col = self._buffers["col%d" % i] = xp.empty(shape, dtype=x.dtype)
-            col[:, rows:] = 1
-        im2col(x, g.kernel, (0,) * g.num_spatial, g.stride, g.dilation, out=col[:, :rows], per_image=True)
-        if fold:
+        if self._fold_bias():
             w_aug = self._buffer(w, "w_bias", (m, rows + 1))
             w_aug[:, :rows] = w[0]
             w_aug[:, rows] = self.blobs[1].data
@@ -280,7 +413,10 @@ class ConvolutionLayer(_BaseConvolution):
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape(n, m, -1)
             if fold:
-                self._backward_per_image(xp, dy, self._buffers["col%d" % i], w, propagate_down[i], b, x_shape)
+                self._backward_per_image(xp, dy, self._backward_columns(xp, b, i, layout), w,
+                                         propagate_down[i], b, x_shape)
+                if propagate_down[i]:
+                    self._kept.discard(i)   # the input gradient's columns overwrote them
                 continue
             if len(self.blobs) > 1 and self.param_propagate_down[1]:
                 # (N, M, pixels) @ ones: a BLAS product, faster than sum over axes (0, 2).
@@ -291,31 +427,36 @@ class ConvolutionLayer(_BaseConvolution):
             need_w = self.param_propagate_down[0]
             if not (need_w or propagate_down[i]):
                 continue
-            col = self._buffers["col%d" % i]
+            col = self._backward_columns(xp, b, i, layout)
             if layout == "per_image":
                 self._backward_per_image(xp, dy, col, w, propagate_down[i], b, x_shape)
+                if propagate_down[i]:
+                    self._kept.discard(i)
                 continue
             npix = col.shape[1]
             # Columns ordered (pixel, n) make col2im's adds run over long rows; the
             # weight gradient needs dy in the columns' own order.
-            dy_t = self._buffer(dy, "dy_t", (m, npix))
+            dy_t = _scratch(dy, 1, (m, npix))
             if layout == "batch_last" or propagate_down[i]:
                 dy_t.reshape(m, -1, n)[...] = dy.transpose(1, 2, 0)
             if need_w:
                 if layout == "batch_last":
                     dy_mat = dy_t
                 else:
-                    dy_mat = self._buffer(dy, "mat", (m, npix))
+                    dy_mat = _scratch(dy, 2, (m, npix))
                     dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
                 # dW^T = col @ dy^T: the long pixel axis is the inner dimension of both
                 # operands as stored (faster in OpenBLAS than dy @ col^T).
                 dw_t = xp.matmul(col.reshape(G, -1, npix), dy_mat.reshape(G, m // G, npix).transpose(0, 2, 1))
                 self.blobs[0].diff += dw_t.transpose(0, 2, 1).reshape(self.blobs[0].shape)
             if propagate_down[i]:
-                dcol = self._buffer(dy, "dcol", (c * g.kernel_count, npix))
+                # The columns are spent once dW is summed: the input gradient's columns
+                # overwrite them (a backward without a new forward recomputes them).
+                self._kept.discard(i)
+                dcol = col
                 xp.matmul(w.transpose(0, 2, 1), dy_t.reshape(G, m // G, npix),
                           out=dcol.reshape(G, -1, npix))
-                scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, True))
+                scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.pad, True))
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
 
@@ -323,7 +464,8 @@ class ConvolutionLayer(_BaseConvolution):
         """Backward with per-image columns (N, C*K [+1], pixels): batched matmuls, no transposes of dy.
 
         With the bias folded in (an extra row of ones in ``col``), the weight
-        product's last column is the bias gradient.
+        product's last column is the bias gradient. The input gradient's columns
+        overwrite ``col`` (the caller forgets it).
         """
         g, G = self.geo, self.group
         n, m = self.num, self.num_output
@@ -340,9 +482,9 @@ class ConvolutionLayer(_BaseConvolution):
             if need_b:
                 self.blobs[1].diff += dw[0, :, rows]
         if need_x:
-            dcol = self._buffer(dy, "dcol", (n, rows, npix))
+            dcol = col[:, :rows] if fold else col   # with fold there are no groups (G == 1)
             xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(n, G, -1, npix))
-            scratch = self._buffer(dy, "col2im", col2im_scratch_shape(x_shape, g.pad, per_image=True))
+            scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.pad, per_image=True))
             col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                    out=bottom_blob.diff.reshape(x_shape), scratch=scratch, per_image=True)
 
@@ -624,23 +766,31 @@ class PoolingLayer(Layer):
         ``x`` are several times slower). The offsets are walked in row-major order as
         in the general path: an offset strictly larger than the best so far becomes
         the winner, so ties keep the first maximum in row-major order (Caffe's rule).
-        ``arg`` (small integers) keeps each window's winning offset for backward.
+        ``arg`` (small integers) keeps each window's winning offset for backward;
+        the other arrays are scratch, used a few images at a time (passes of at
+        most ~_PASS_BYTES of planes).
         """
         n, c, h, w = x.shape
         (kh, kw), (oh, ow) = self.kernel, self.out_hw
-        planes = self._tiled(xp, "planes", (kh * kw, n, c, oh, ow), x.dtype)
-        planes.reshape(kh, kw, n, c, oh, ow)[...] = x.reshape(n, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)
-        arg = self._tiled(xp, "arg", (n, c, oh, ow), np.int8 if kh * kw <= 127 else np.int32)
-        step = self._tiled(xp, "step", (n, c, oh, ow), arg.dtype)
-        better = self._tiled(xp, "mask", (n, c, oh, ow), bool)
-        y = top[0].data
-        y[...] = planes[0]
-        arg[...] = 0
-        for k in range(1, kh * kw):  # k only grows, so max(arg, k * better) is the latest winner
-            xp.greater(planes[k], y, out=better)
-            xp.maximum(y, planes[k], out=y)
-            xp.multiply(better, arg.dtype.type(k), out=step)
-            xp.maximum(arg, step, out=arg)
+        arg_all = self._tiled(xp, "arg", (n, c, oh, ow), np.int8 if kh * kw <= 127 else np.int32)
+        passes = max(1, -(-x.nbytes // _PASS_BYTES))
+        per_pass = -(-n // passes)
+        for lo in range(0, n, per_pass):
+            xs = x[lo:lo + per_pass]
+            ns = xs.shape[0]
+            planes = _scratch(x, 0, (kh * kw, ns, c, oh, ow))
+            planes.reshape(kh, kw, ns, c, oh, ow)[...] = xs.reshape(ns, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)
+            arg, y = arg_all[lo:lo + ns], top[0].data[lo:lo + ns]
+            step = _scratch(x, 1, arg.shape, arg.dtype)
+            better = _scratch(x, 2, arg.shape, bool)
+            y[...] = planes[0]
+            arg[...] = 0
+            for k in range(1, kh * kw):  # k only grows, so max(arg, k * better) is the latest winner
+                xp.greater(planes[k], y, out=better)
+                xp.maximum(y, planes[k], out=y)
+                xp.multiply(better, arg.dtype.type(k), out=step)
+                xp.maximum(arg, step, out=arg)
+        arg = arg_all
         if len(top) > 1:  # Caffe's mask: flat index h * W + w of the chosen element
             offset = xp.asarray(np.array([i * w + j for i in range(kh) for j in range(kw)], dtype=np.int64))
             corner = (np.arange(oh) * (kh * w)).reshape(oh, 1) + np.arange(ow) * kw
@@ -651,7 +801,7 @@ class PoolingLayer(Layer):
         kh, kw = self.kernel
         n, c, oh, ow = dy.shape
         arg = self._tiled_bufs["arg"]
-        mask = self._tiled(xp, "mask", arg.shape, bool)
+        mask = _scratch(dy, 0, arg.shape, bool)
         dx = bottom_diff.reshape(n, c, oh, kh, ow, kw)
         for k in range(kh * kw):
             xp.equal(arg, k, out=mask)
