@@ -7,7 +7,6 @@ log shows iterations; the tool must snapshot, stop and exit 0; resuming from
 that snapshot to iteration F must give exactly the weights and solver history
 of an uninterrupted run to F.
 """
-import os
 import re
 import signal
 import subprocess
