@@ -31,3 +31,14 @@ class DataError(CaffeError):
 
 class SolverError(CaffeError):
     """A solver cannot be built or run: bad settings, unwritable snapshots, NaN loss."""
+
+
+def resolved_path(path):
+    """``(resolved: ABS, working directory: CWD)``: what a "not found" message adds to a path.
+
+    Relative paths in nets and solvers resolve against the directory the
+    program runs in, which is the usual surprise; every missing-file error
+    says both.
+    """
+    import os
+    return "(resolved: %s, working directory: %s)" % (os.path.abspath(path), os.getcwd())

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 
-from netspec.errors import CaffeError
+from netspec.errors import CaffeError, resolved_path
 
 log = logging.getLogger("caffe")
 
@@ -348,8 +348,7 @@ def _device_name(device_id):
 
 def _check_file(path, what):
     if not os.path.isfile(path):
-        raise CaffeError("%s %r not found (resolved: %s, working directory: %s)"
-                         % (what, path, os.path.abspath(path), os.getcwd()))
+        raise CaffeError("%s %r not found %s" % (what, path, resolved_path(path)))
 
 
 def _weights_list(flag):

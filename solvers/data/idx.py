@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -32,8 +32,7 @@ def read_bytes(path):
                     return g.read()
             return f.read()
     except FileNotFoundError:
-        raise DataError("IDX file %r not found (resolved: %s, working directory: %s)"
-                        % (path, os.path.abspath(path), os.getcwd())) from None
+        raise DataError("IDX file %r not found %s" % (path, resolved_path(path))) from None
     except (OSError, EOFError) as e:  # truncated or corrupt gzip stream
         raise DataError("IDX file %s cannot be read: %s (a partial download? fetch it again)"
                         % (path, e)) from None

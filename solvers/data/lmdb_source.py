@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 
 
 def _lmdb():
@@ -64,8 +64,7 @@ class LMDBReader:
         self.path = os.fspath(path)
         what = what or "LMDB %r" % self.path
         if not os.path.exists(self.path):
-            raise DataError("%s does not exist (resolved: %s, working directory: %s)"
-                            % (what, os.path.abspath(self.path), os.getcwd()))
+            raise DataError("%s does not exist %s" % (what, resolved_path(self.path)))
         subdir = os.path.isdir(self.path)
         if subdir and not os.path.isfile(os.path.join(self.path, "data.mdb")):
             raise DataError("%s is a directory without data.mdb, so it is not an LMDB database "

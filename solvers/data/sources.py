@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 from solvers.data.datum import datums_to_batch, parse_datum, hwc_to_chw
 from solvers.data.prefetch import BatchSource
 
@@ -103,8 +103,7 @@ def read_image_list(source, where):
         with open(source) as f:
             raw = f.read().splitlines()
     except FileNotFoundError:
-        raise DataError("%s: image list %r not found (resolved: %s, working directory: %s)"
-                        % (where, source, os.path.abspath(source), os.getcwd())) from None
+        raise DataError("%s: image list %r not found %s" % (where, source, resolved_path(source))) from None
     lines = []
     for lineno, line in enumerate(raw, 1):
         line = line.strip()

@@ -15,12 +15,11 @@ subtraction, one multiplication, one flip of the mirrored items. Random
 offsets and flips come from the generator the caller passes (the Data layer
 seeds its own from ``solvers.rng.get_rng()``, so runs with a seed repeat).
 """
-import os
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 
 
 def load_mean_file(path, where="mean_file"):
@@ -31,8 +30,7 @@ def load_mean_file(path, where="mean_file"):
         with open(path, "rb") as f:
             proto.ParseFromString(f.read())
     except FileNotFoundError:
-        raise DataError("%s %r not found (resolved: %s, working directory: %s)"
-                        % (where, path, os.path.abspath(path), os.getcwd())) from None
+        raise DataError("%s %r not found %s" % (where, path, resolved_path(path))) from None
     except Exception as e:
         raise DataError("%s %r is not a BlobProto (binaryproto) file: %s" % (where, path, e)) from None
     if proto.HasField("shape"):

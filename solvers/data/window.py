@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 from solvers.data.prefetch import BatchSource
 from solvers.data.sources import child_rng, rng_state, set_rng_state
 
@@ -38,8 +38,7 @@ def read_window_file(path, fg_threshold, bg_threshold, where):
         with open(path) as f:
             tokens = f.read().split()
     except FileNotFoundError:
-        raise DataError("%s: window file %r not found (resolved: %s, working directory: %s)"
-                        % (where, path, os.path.abspath(path), os.getcwd())) from None
+        raise DataError("%s: window file %r not found %s" % (where, path, resolved_path(path))) from None
     if not tokens:
         raise DataError("%s: window file %r is empty" % (where, path))
     images, fg, bg = {}, [], []

@@ -19,7 +19,7 @@ import weakref
 
 import numpy as np
 
-from netspec.errors import DataError
+from netspec.errors import DataError, resolved_path
 from solvers.layer import Layer, register_layer
 
 log = logging.getLogger("caffe")
@@ -46,9 +46,8 @@ class _BaseData(Layer):
             raise DataError("%s: %s is empty; set it to the database/list to read" % (self.where(), what))
         resolved = os.path.abspath(source)
         if not os.path.exists(resolved):
-            raise DataError("%s: %s %r not found (resolved: %s, working directory: %s); paths in "
-                            "a net are relative to the directory the program runs in"
-                            % (self.where(), what, source, resolved, os.getcwd()))
+            raise DataError("%s: %s %r not found %s; paths in a net are relative to the directory "
+                            "the program runs in" % (self.where(), what, source, resolved_path(source)))
         return resolved
 
 
