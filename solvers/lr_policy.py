@@ -13,8 +13,7 @@ Each policy is a formula of the iteration number and the solver's fields:
 import math
 
 from netspec.errors import SolverError
-
-POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+from netspec.solver_spec import LR_POLICIES as POLICIES
 
 
 def multistep_index(param, iteration):
@@ -57,6 +56,10 @@ def check_policy(param):
                           % (param.lr_policy, hint, ", ".join(POLICIES)))
     if param.lr_policy == "step" and param.stepsize <= 0:
         raise SolverError("lr_policy 'step' needs stepsize > 0")
+    if param.lr_policy == "poly" and param.max_iter <= 0:
+        raise SolverError("lr_policy 'poly' needs max_iter > 0 (got %d)" % param.max_iter)
+    if param.lr_policy == "sigmoid" and param.stepsize <= 0:
+        raise SolverError("lr_policy 'sigmoid' needs stepsize > 0 (got %d)" % param.stepsize)
     if param.lr_policy == "multistep" and list(param.stepvalue) != sorted(param.stepvalue):
         raise SolverError("lr_policy 'multistep' needs increasing stepvalue entries, got %s"
                           % list(param.stepvalue))

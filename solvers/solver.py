@@ -111,10 +111,6 @@ class Solver:
         if p.iter_size < 1:
             raise SolverError("iter_size must be at least 1 (got %d)" % p.iter_size)
         check_policy(p)
-        if p.lr_policy == "poly" and p.max_iter <= 0:
-            raise SolverError("lr_policy 'poly' needs max_iter > 0 (got %d)" % p.max_iter)
-        if p.lr_policy == "sigmoid" and p.stepsize <= 0:
-            raise SolverError("lr_policy 'sigmoid' needs stepsize > 0 (got %d)" % p.stepsize)
         if p.snapshot < 0 or p.display < 0 or p.test_interval < 0:
             raise SolverError("snapshot, display and test_interval must not be negative")
 
