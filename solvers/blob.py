@@ -132,32 +132,25 @@ class Blob:
 
     # -- proto ---------------------------------------------------------
     def from_proto(self, proto, reshape=True, name="blob"):
-        """Load a BlobProto (``shape`` or the legacy num/channels/height/width)."""
-        import numpy as np
-        if proto.HasField("shape"):
-            shape = tuple(proto.shape.dim)
-        elif proto.HasField("num") or proto.HasField("channels") or proto.HasField("height") \
-                or proto.HasField("width"):
-            shape = (proto.num, proto.channels, proto.height, proto.width)
-        else:
-            shape = (len(proto.data) or len(proto.double_data),)
+        """Load a BlobProto (``shape``, or the legacy num/channels/height/width) as Caffe's FromProto.
+
+        With ``reshape=False`` the blob keeps its shape and only the value
+        count must agree (callers such as ``Net.copy_from`` check shapes first).
+        """
+        from netspec.errors import ProtoError
+        from netspec.io import blobproto_to_array
+        try:
+            data = blobproto_to_array(proto)
+            diff = blobproto_to_array(proto, return_diff=True) if (proto.diff or proto.double_diff) else None
+        except ProtoError as e:
+            raise CaffeError("%s: %s" % (name, e)) from None
         if reshape:
-            self.reshape(shape)
-        elif self.count != int(np.prod(shape, dtype=np.int64)) or (
-                len(shape) == len(self._shape) and tuple(shape) != self._shape and len(shape) != 4):
-            raise CaffeError("%s: shape mismatch, blob is %s but proto holds %s" % (name, self._shape, shape))
-        if len(proto.double_data):
-            vals = np.asarray(proto.double_data, dtype=np.float64)
-        else:
-            vals = np.asarray(proto.data, dtype=np.float32)
-        if vals.size != self.count:
-            raise CaffeError("%s: proto holds %d values for shape %s (%d expected)"
-                             % (name, vals.size, shape, self.count))
-        self.data[...] = self.xp.asarray(vals.reshape(self._shape).astype(np.float32))
-        if len(proto.double_diff):
-            self.diff[...] = self.xp.asarray(np.asarray(proto.double_diff, dtype=np.float32).reshape(self._shape))
-        elif len(proto.diff):
-            self.diff[...] = self.xp.asarray(np.asarray(proto.diff, dtype=np.float32).reshape(self._shape))
+            self.reshape(data.shape)
+        elif data.size != self.count:
+            raise CaffeError("%s: shape mismatch, blob is %s but proto holds %s" % (name, self._shape, data.shape))
+        self.data[...] = self.xp.asarray(data.reshape(self._shape))
+        if diff is not None:
+            self.diff[...] = self.xp.asarray(diff.reshape(self._shape))
 
     def to_proto(self, write_diff=False):
         """A BlobProto with ``shape`` and the data (and diff): the arrays go in as packed
