@@ -12,7 +12,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf import text_format
 
 from netspec import caffe_pb2
+from netspec.atomic import AtomicFile
 from netspec.descriptor_compat import is_repeated
 from netspec.errors import ProtoError
 from netspec.upgrade import upgrade_net, upgrade_solver
@@ -81,7 +81,7 @@ def atomic_write_bytes(path, data):
     ``data`` is bytes or a callable returning bytes; the callable runs before
     the target is touched, so a failing serialisation leaves the old file as
     it was. The bytes go to a temporary file in the same directory, are
-    fsync'ed, and replace the target with ``os.replace`` (atomic on POSIX).
+    fsync'ed, and replace the target with ``os.replace`` (netspec.atomic).
     """
     path = os.fspath(path)
     try:
@@ -95,63 +95,13 @@ def atomic_write_bytes(path, data):
     if not os.path.isdir(directory):
         raise ProtoError(f"cannot write {path!r}: directory {directory!r} does not exist "
                          f"({_describe_path(path)})")
-    tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                                        suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with AtomicFile(path) as f:
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, _final_mode(path))
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_directory(directory)
+            f.commit()
     except OSError as e:
         raise ProtoError(f"cannot write {path!r}: {e.strerror or e}; the existing file was left "
                          f"untouched ({_describe_path(path)})") from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-
-
-def _final_mode(path):
-    """Keep an existing file's permissions; a new file gets the usual 0666 & ~umask."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        return 0o666 & ~_current_umask()
-
-
-def _current_umask():
-    """The process umask, read without changing it where Linux allows (thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable; not every platform allows it, which is harmless."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- text
