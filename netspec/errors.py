@@ -33,6 +33,10 @@ class SolverError(CaffeError):
     """A solver cannot be built or run: bad settings, unwritable snapshots, NaN loss."""
 
 
+class SideFileError(SolverError):
+    """A snapshot's side file (``.solverstate.json``: data position, RNG) is damaged or foreign."""
+
+
 def resolved_path(path):
     """``(resolved: ABS, working directory: CWD)``: what a "not found" message adds to a path.
 

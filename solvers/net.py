@@ -633,32 +633,17 @@ class Net:
             blob.from_proto(proto, reshape=False, name="layer %r blob %d" % (src.name, j))
 
     def _copy_from_hdf5(self, path):
-        try:
-            import h5py
-        except ImportError:
-            raise NetError("%s: reading HDF5 weights needs h5py (pip install h5py)" % path) from None
+        from solvers.snapshot import read_net_hdf5
         _require_weights_file(path)
-        with h5py.File(path, "r") as f:
-            data = f["data"]
-            for name in data:
-                if name not in self._layer_index:
-                    continue
-                layer_id = self._layer_index[name]
-                target = self.layers[layer_id].blobs
-                group = data[name]
-                if len(group) > len(target):
-                    raise NetError("layer %r: incompatible number of blobs, the net has %d but %s holds %d"
-                                   % (name, len(target), path, len(group)))
-                for j, blob in enumerate(target):
-                    if str(j) not in group:
-                        if self._param_owners[self._param_ids[layer_id][j]] != -1:
-                            continue   # shared from another layer: fine to be missing
-                        raise NetError("layer %r: %s lacks blob %d" % (name, path, j))
-                    arr = group[str(j)][...]
-                    if tuple(arr.shape) != blob.shape:
-                        raise NetError("layer %r blob %d: shape mismatch, the net has %s but %s holds %s"
-                                       % (name, j, blob.shape, path, tuple(arr.shape)))
-                    blob.data[...] = blob.xp.asarray(arr.astype("float32"))
+        wanted = {name: [b.shape for b in layer.blobs] for name, layer in zip(self.layer_names, self.layers)}
+        for name, arrays in read_net_hdf5(path, wanted).items():
+            layer_id = self._layer_index[name]
+            for j, blob in enumerate(self.layers[layer_id].blobs):
+                if j not in arrays:
+                    if self._param_owners[self._param_ids[layer_id][j]] != -1:
+                        continue   # shared from another layer: fine to be missing
+                    raise NetError("layer %r: %s lacks blob %d" % (name, path, j))
+                blob.data[...] = blob.xp.asarray(arrays[j])
 
     def share_with(self, other):
         """Share the data of ``other``'s trained layers by name (Caffe's ShareTrainedLayersWith).

@@ -12,25 +12,38 @@ A snapshot at iteration N is two files, named as Caffe names them:
 Caffe does not remember where the data layers were nor the random generator's
 state, so resuming from its snapshot sees other batches than the
 uninterrupted run. We keep both in a JSON side file next to the solver state
-(``<state file>.json``); a snapshot without one (Caffe's) restores fine.
+(``<state file>.json``, see ``side_file.py``); a snapshot without one
+(Caffe's) restores, with a warning that the data starts again.
 
 Every file is written to a temporary name in the target directory and then
-renamed, so a crash never leaves half a snapshot.
+renamed (netspec.atomic), so a crash never leaves half a file. The three
+files go in this order: model, side file, solver state. The solver state is
+what a user resumes from, so whenever it is there, its model and side file
+are too; the side file records the state's digest, so one left by a run
+killed before its state was renamed is recognised as not belonging to an
+older state of the same name.
+
+Readers check what they read: a truncated, empty or foreign file, in either
+format, is a SolverError (NetError for weights) naming it, never an
+exception from deep inside protobuf or h5py.
 """
-import json
+import hashlib
 import os
 import tempfile
 
 import numpy as np
 
 from netspec import caffe_pb2
-from netspec.errors import CaffeError, SolverError
+from netspec.atomic import AtomicFile, remove_stale_temporaries as _remove_stale
+from netspec.errors import CaffeError, NetError, SolverError
 from netspec.io import array_to_blobproto, atomic_write_bytes, blobproto_to_array, read_binary
+from solvers import side_file
 from solvers.backend import to_numpy
 
 BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
 HDF5 = caffe_pb2.SolverParameter.HDF5
-SIDE_FILE_SUFFIX = ".json"
+SIDE_FILE_SUFFIX = side_file.SUFFIX
+INT32_MAX = 2 ** 31 - 1
 
 
 # -- names ---------------------------------------------------------------------
@@ -71,7 +84,14 @@ def check_prefix_writable(prefix):
                           "snapshot_prefix" % (where, e.strerror or e)) from None
 
 
-# -- atomic HDF5 -----------------------------------------------------------------
+def remove_stale_temporaries(prefix):
+    """Delete the temporaries snapshots of ``prefix`` left behind by killed runs (logged)."""
+    directory = os.path.dirname(os.path.abspath(snapshot_filename(prefix, 0, "")))
+    base = os.path.basename(prefix) + "_iter_"
+    return _remove_stale(directory, lambda target: target.startswith(base))
+
+
+# -- HDF5 ---------------------------------------------------------------------------
 
 def _h5py():
     try:
@@ -82,23 +102,73 @@ def _h5py():
     return h5py
 
 
-def _atomic_h5(path, fill):
-    """Create an HDF5 file at a temporary name, let ``fill(h5file)`` write it, rename it into place."""
-    h5py = _h5py()
+def _fill_h5(path, fill):
+    """Let ``fill(h5file)`` write a new HDF5 file at ``path`` (a temporary name)."""
+    with _h5py().File(path, "w") as f:
+        fill(f)
+
+
+def _write_atomic(path, fill_path):
+    """``fill_path(tmp)`` writes a temporary beside ``path``, which then replaces ``path``."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        os.replace(tmp, path)
-        tmp = None
+        with AtomicFile(path) as f:
+            fill_path(f.tmp)
+            f.commit()
     except OSError as e:
         raise SolverError("cannot write %r: %s" % (path, e.strerror or e)) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def read_hdf5(path, what, read, error=SolverError):
+    """Open the HDF5 file ``path`` and return ``read(h5file)``; every failure is ``error`` naming it.
+
+    ``read`` checks the layout it expects and raises ``error`` itself; what
+    h5py raises on an empty, truncated or foreign file becomes one message.
+    """
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise error("%s %r not found or not a regular file (resolved to %s, working directory %s)"
+                    % (what, path, os.path.abspath(path), os.getcwd()))
+    try:
+        with h5py.File(path, "r") as f:
+            return read(f)
+    except CaffeError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError, AttributeError,
+            UnicodeDecodeError, MemoryError) as e:
+        raise error("cannot read %s %r: it is empty, truncated or not an HDF5 file of the expected "
+                    "layout (%s: %s)" % (what, path, type(e).__name__, e)) from None
+
+
+def _dataset(h5, name, where, error=SolverError):
+    """The numeric dataset ``name`` of group ``h5``, or ``error`` saying what is there instead."""
+    h5py = _h5py()
+    item = h5.get(name)
+    if not isinstance(item, h5py.Dataset):
+        raise error("%s: %r is %s, not a dataset" % (where, name, "missing" if item is None else "a group"))
+    if item.dtype.kind not in "iuf":
+        raise error("%s: dataset %r holds %s, not numbers" % (where, name, item.dtype))
+    return item
+
+
+def _group(h5, name, where, error=SolverError):
+    h5py = _h5py()
+    item = h5.get(name)
+    if not isinstance(item, h5py.Group):
+        raise error("%s: %r is %s, not a group" % (where, name, "missing" if item is None else "a dataset"))
+    return item
+
+
+def _scalar_int(h5, name, where, lo, hi):
+    ds = _dataset(h5, name, where)
+    values = np.asarray(ds[()]).ravel()
+    if values.size != 1 or ds.dtype.kind == "f" and not float(values[0]).is_integer():
+        raise SolverError("%s: %r must hold one integer, it holds %s" % (where, name, values[:4]))
+    value = int(values[0])
+    if not lo <= value <= hi:
+        raise SolverError("%s: %r is %d; it must be from %d to %d" % (where, name, value, lo, hi))
+    return value
 
 
 # -- the model -------------------------------------------------------------------
@@ -124,7 +194,41 @@ def write_net_hdf5(net, path, write_diff=False):
                     layer_data.create_dataset(str(j), data=to_numpy(blob.data).astype(np.float32))
                 if layer_diff is not None:
                     layer_diff.create_dataset(str(j), data=to_numpy(blob.diff).astype(np.float32))
-    _atomic_h5(path, fill)
+    _write_atomic(path, lambda tmp: _fill_h5(tmp, fill))
+
+
+def read_net_hdf5(path, wanted):
+    """The blobs of an HDF5 model for the layers in ``wanted`` ({name: [blob shapes]}).
+
+    Returns {layer name: {blob index: float32 array}}; each dataset's shape is
+    checked against ``wanted`` before it is read, so a foreign file cannot make
+    us allocate what it claims. Errors are NetError naming the file.
+    """
+    def read(f):
+        where = "HDF5 weights %r" % os.fspath(path)
+        data = _group(f, "data", where, NetError)
+        out = {}
+        for name in data:
+            if name not in wanted:
+                continue
+            group = _group(data, name, where + " data", NetError)
+            shapes = wanted[name]
+            extra = sorted(k for k in group if not (k.isdigit() and int(k) < len(shapes)))
+            if extra:
+                raise NetError("layer %r: %s holds blob %r, but the layer has %d blob(s)"
+                               % (name, os.fspath(path), extra[0], len(shapes)))
+            blobs = {}
+            for j, shape in enumerate(shapes):
+                if str(j) not in group:
+                    continue
+                ds = _dataset(group, str(j), "%s layer %r" % (where, name), NetError)
+                if tuple(ds.shape) != tuple(shape):
+                    raise NetError("layer %r blob %d: shape mismatch, the net has %s but %s holds %s"
+                                   % (name, j, tuple(shape), os.fspath(path), tuple(ds.shape)))
+                blobs[j] = np.asarray(ds[...], dtype=np.float32)
+            out[name] = blobs
+        return out
+    return read_hdf5(path, "HDF5 weights", read, NetError)
 
 
 # -- the solver state ------------------------------------------------------------
@@ -140,8 +244,7 @@ def encode_state(iteration, learned_net, history, current_step):
     return state
 
 
-def write_state(path, iteration, learned_net, history, current_step, snapshot_format=BINARYPROTO):
-    """Write the solver state file (binary SolverState, or Caffe's HDF5 layout)."""
+def _fill_state(tmp, iteration, learned_net, history, current_step, snapshot_format):
     if snapshot_format == HDF5:
         def fill(f):
             f.create_dataset("iter", data=np.array([iteration], dtype=np.int32))
@@ -150,48 +253,103 @@ def write_state(path, iteration, learned_net, history, current_step, snapshot_fo
             group = f.create_group("history")
             for i, h in enumerate(history):
                 group.create_dataset(str(i), data=to_numpy(h).astype(np.float32))
-        _atomic_h5(path, fill)
+        _fill_h5(tmp, fill)
     else:
-        state = encode_state(iteration, learned_net, history, current_step)
-        atomic_write_bytes(os.fspath(path), state.SerializeToString)
+        with open(tmp, "wb") as f:
+            f.write(encode_state(iteration, learned_net, history, current_step).SerializeToString())
+
+
+def write_state(path, iteration, learned_net, history, current_step, snapshot_format=BINARYPROTO,
+                side=None):
+    """Write the solver state file (binary SolverState, or Caffe's HDF5 layout).
+
+    With ``side`` (a dict), its side file is written too, before the state is
+    renamed into place and carrying the state's digest: the newest state file
+    always has its own side file, and a side file without its state is never
+    taken for another state's.
+    """
+    path = os.fspath(path)
+    try:
+        with AtomicFile(path) as f:
+            _fill_state(f.tmp, iteration, learned_net, history, current_step, snapshot_format)
+            if side is not None:
+                side_file.write(path, dict(side, state_sha256=file_sha256(f.tmp)))
+            f.commit()
+    except OSError as e:
+        raise SolverError("cannot write %r: %s" % (path, e.strerror or e)) from None
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_state(path):
-    """Read a .solverstate (binary) or .solverstate.h5 into a dict.
+    """Read a .solverstate (binary) or .solverstate.h5 into a dict, checked.
 
     Keys: ``iter``, ``learned_net`` ("" when absent), ``current_step``,
     ``history`` (list of float32 arrays in learnable-parameter order).
+    A file that is not a solver state, or one whose numbers are impossible
+    (a negative iteration, a model name that is not text) is a SolverError.
     """
     path = os.fspath(path)
     if path.endswith(".h5"):
-        return _read_state_hdf5(path)
+        state = read_hdf5(path, "solver state", _read_state_hdf5)
+    else:
+        state = _read_state_binary(path)
+    learned = state["learned_net"]
+    if isinstance(learned, bytes):
+        try:
+            state["learned_net"] = learned.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SolverError("cannot restore from %r: its learned_net (the model file name) is not "
+                              "UTF-8 text (%r); the file is damaged" % (path, learned[:40])) from None
+    for key in ("iter", "current_step"):
+        if not 0 <= state[key] <= INT32_MAX:
+            raise SolverError("cannot restore from %r: %s is %d; it must be from 0 to %d (the file is "
+                              "damaged or was edited)" % (path, key, state[key], INT32_MAX))
+    return state
+
+
+def _read_state_binary(path):
     try:
         state = read_binary(path, caffe_pb2.SolverState)
+        history = [blobproto_to_array(h) for h in state.history]
     except CaffeError as e:
         raise SolverError("cannot restore from %r: %s" % (path, e)) from None
     return {"iter": state.iter,
             "learned_net": state.learned_net if state.HasField("learned_net") else "",
             "current_step": state.current_step,
-            "history": [blobproto_to_array(h) for h in state.history]}
+            "history": history}
 
 
-def _read_state_hdf5(path):
-    h5py = _h5py()
-    if not os.path.isfile(path):
-        raise SolverError("cannot restore: solver state %r not found (resolved to %s, working "
-                          "directory %s)" % (path, os.path.abspath(path), os.getcwd()))
-    with h5py.File(path, "r") as f:
-        learned = ""
-        if "learned_net" in f:
-            raw = f["learned_net"][()]
-            learned = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        group = f["history"] if "history" in f else {}
-        history = [np.asarray(group[str(i)][...], dtype=np.float32) for i in range(len(group))]
-        return {"iter": int(np.asarray(f["iter"][()]).ravel()[0]),
-                "learned_net": learned,
-                "current_step": int(np.asarray(f["current_step"][()]).ravel()[0])
-                if "current_step" in f else 0,
-                "history": history}
+def _read_state_hdf5(f):
+    where = "solver state %r" % f.filename
+    learned = ""
+    if "learned_net" in f:
+        item = f["learned_net"]
+        raw = item[()] if isinstance(item, _h5py().Dataset) else None
+        if isinstance(raw, np.ndarray) and raw.size == 1:
+            raw = raw.ravel()[0]
+        if not isinstance(raw, (bytes, np.bytes_, str)):
+            raise SolverError("%s: learned_net must be a string dataset (the model file name)" % where)
+        learned = bytes(raw) if not isinstance(raw, str) else raw
+    history = []
+    if "history" in f:
+        group = _group(f, "history", where)
+        names = sorted(group, key=lambda k: int(k) if k.isdigit() else -1)
+        if names != [str(i) for i in range(len(names))]:
+            raise SolverError("%s: history must hold datasets named 0..%d, it holds %s"
+                              % (where, len(names) - 1, names[:5]))
+        history = [np.asarray(_dataset(group, k, where)[...], dtype=np.float32) for k in names]
+    return {"iter": _scalar_int(f, "iter", where, -INT32_MAX - 1, INT32_MAX),
+            "learned_net": learned,
+            "current_step": _scalar_int(f, "current_step", where, -INT32_MAX - 1, INT32_MAX)
+            if "current_step" in f else 0,
+            "history": history}
 
 
 def resolve_learned_net(learned_net, state_path):
@@ -206,34 +364,13 @@ def resolve_learned_net(learned_net, state_path):
                       "(%s) nor next to the state file" % (os.fspath(state_path), learned_net, os.getcwd()))
 
 
-# -- the side file -------------------------------------------------------------------
+# -- the side file (see side_file.py) --------------------------------------------------
 
 def write_side_file(state_path, payload):
-    """Write the JSON side file (data positions, RNG state) next to ``state_path``, atomically."""
-    path = side_file_path(state_path)
-    atomic_write_bytes(path, lambda: json.dumps(payload, sort_keys=True, default=_jsonable).encode("utf-8"))
-    return path
-
-
-def _jsonable(value):
-    """NumPy scalars and arrays in a layer's state become plain JSON numbers and lists."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError("%s is not JSON serialisable; a layer's get_state() must return plain data"
-                    % type(value).__name__)
+    """Write the JSON side file next to ``state_path`` on its own (write_state(side=...) pairs them)."""
+    return side_file.write(state_path, payload)
 
 
 def read_side_file(state_path):
-    """The side file's dict, or None when the snapshot has none (e.g. it came from Caffe)."""
-    path = side_file_path(state_path)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError) as e:
-        raise SolverError("side file %r of snapshot %r cannot be read (%s); delete it to resume "
-                          "as Caffe would, without the data position"
-                          % (path, os.fspath(state_path), e)) from None
+    """The side file's dict, checked against its schema; None when the snapshot has none."""
+    return side_file.read(state_path)

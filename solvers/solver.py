@@ -29,7 +29,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from netspec import caffe_pb2
-from netspec.errors import CaffeError, SolverError
+from netspec.errors import CaffeError, SideFileError, SolverError
 from netspec.io import read_net, read_solver
 from netspec.upgrade import upgrade_solver
 from solvers import rng, snapshot as snap
@@ -87,6 +87,7 @@ class Solver:
         self.callbacks = []
         self.action_request = None      # callable -> "none" | "snapshot" | "stop" (the CLI's signals)
         self.requested_early_exit = False
+        self.last_snapshot_iter = None  # the iteration the last snapshot written or restored holds
         self.learning_rate = 0.0
         self.smoothed_loss = 0.0
         self.losses = []                # raw loss of every iteration run by this solver
@@ -120,6 +121,7 @@ class Solver:
             raise SolverError("snapshot: %d is set but snapshot_prefix is not; add snapshot_prefix: "
                               "\"path/to/name\" to the solver" % self.param.snapshot)
         snap.check_prefix_writable(self.param.snapshot_prefix)
+        snap.remove_stale_temporaries(self.param.snapshot_prefix)
 
     # -- nets (Caffe's InitTrainNet / InitTestNets) --------------------------------
     def _init_train_net(self):
@@ -312,7 +314,7 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
-    def solve(self, resume_file=None):
+    def solve(self, resume_file=None, ignore_side_file=False):
         """Train to ``max_iter`` (resuming from a .solverstate when given), as Caffe's Solve."""
         p = self.param
         log.info("Solving %s", self.net.name)
@@ -322,7 +324,7 @@ class Solver:
             self.check_snapshot_prefix()
         if resume_file is not None:
             log.info("Restoring previous solver status from %s", resume_file)
-            self.restore(resume_file)
+            self.restore(resume_file, ignore_side_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
@@ -434,7 +436,12 @@ class Solver:
         return snap.snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write the model and the solver state for the current iteration; return both paths."""
+        """Write the model and the solver state for the current iteration; return both paths.
+
+        The model goes first, then the side file, then the state (see
+        snapshot.py): a run killed part way leaves the previous snapshot the
+        newest complete one.
+        """
         p = self.param
         fmt = p.snapshot_format
         model = self.snapshot_filename(snap.model_extension(fmt))
@@ -443,8 +450,9 @@ class Solver:
         state = self.snapshot_filename(snap.state_extension(fmt))
         log.info("Snapshotting solver state to %s file %s",
                  "HDF5" if fmt == snap.HDF5 else "binary proto", state)
-        snap.write_state(state, self.iter, model, self.history_arrays(), self.current_step, fmt)
-        snap.write_side_file(state, self._side_state())
+        snap.write_state(state, self.iter, model, self.history_arrays(), self.current_step, fmt,
+                         side=self._side_state())
+        self.last_snapshot_iter = self.iter
         return model, state
 
     def _side_state(self):
@@ -459,32 +467,96 @@ class Solver:
         return {"iter": self.iter, "rng": rng.get_state(), "train_net": layer_states(self.net),
                 "test_nets": [layer_states(n) for n in self.test_nets]}
 
-    def restore(self, state_file):
-        """Continue from a .solverstate (ours or Caffe's) and the model it names, as Caffe's Restore."""
+    def restore(self, state_file, ignore_side_file=False):
+        """Continue from a .solverstate (ours or Caffe's) and the model it names, as Caffe's Restore.
+
+        Its side file, when there is one, puts the data layers and the random
+        generator back where they were. A damaged side file is a
+        SideFileError, unless ``ignore_side_file``: then it is ignored with a
+        warning and training resumes as from a Caffe snapshot.
+        """
         state_file = os.fspath(state_file)
         state = snap.read_state(state_file)
+        side = self._read_side_file(state_file, ignore_side_file)
         if state["learned_net"]:
             self.net.copy_from(snap.resolve_learned_net(state["learned_net"], state_file))
+        self.restore_history(state["history"], state_file)
         self.iter = int(state["iter"])
         self.current_step = int(state["current_step"])
-        self.restore_history(state["history"], state_file)
-        side = snap.read_side_file(state_file)
-        if side is not None and side.get("iter") != self.iter:
-            log.warning("Ignoring side file %s: it belongs to iteration %s, the solver state to %d "
-                        "(a stale file from another run?)", snap.side_file_path(state_file),
-                        side.get("iter"), self.iter)
-        elif side is not None:
+        self.last_snapshot_iter = self.iter
+        path = snap.side_file_path(state_file)
+        if side is None:
+            return
+        digest = side.get("state_sha256")
+        if side["iter"] != self.iter or (digest is not None and digest != snap.file_sha256(state_file)):
+            log.warning("Ignoring side file %s: it belongs to another solver state (iteration %d; "
+                        "left by a run stopped while snapshotting, or by another run); %s",
+                        path, side["iter"], _RESUME_AS_CAFFE)
+            return
+        try:
             self._restore_side_state(side, state_file)
+        except CaffeError as e:
+            if not ignore_side_file:
+                raise
+            log.warning("Ignoring side file %s as asked: %s; %s", path, e, _RESUME_AS_CAFFE)
+
+    def _read_side_file(self, state_file, ignore):
+        try:
+            side = snap.read_side_file(state_file)
+        except SideFileError as e:
+            if not ignore:
+                raise SideFileError("%s. Delete it, or resume without it (--ignore-side-file; "
+                                    "restore(..., ignore_side_file=True)): %s" % (e, _RESUME_AS_CAFFE)) from None
+            log.warning("Ignoring a bad side file as asked: %s; %s", e, _RESUME_AS_CAFFE)
+            return None
+        if side is None:
+            log.warning("Solver state %s has no side file (%s): %s. That is expected for a snapshot "
+                        "made by Caffe; for one of ours, the side file was lost", state_file,
+                        os.path.basename(snap.side_file_path(state_file)), _RESUME_AS_CAFFE)
+        return side
 
     def _restore_side_state(self, side, state_file):
-        if side.get("rng") is not None:
-            rng.set_state(side["rng"])
-        nets = [(self.net, side.get("train_net") or {})]
-        nets += list(zip(self.test_nets, side.get("test_nets") or []))
-        for net, states in nets:
-            for name, layer_state in states.items():
+        """Put the RNG and every layer's state back; all or nothing (a failure restores what was)."""
+        path = snap.side_file_path(state_file)
+        nets = [(self.net, side["train_net"], "train net")]
+        nets += [(net, states, "test net #%d" % i)
+                 for i, (net, states) in enumerate(zip(self.test_nets, side["test_nets"]))]
+        for net, states, which in nets:
+            for name in states:
                 if not net.has_layer(name):
-                    raise SolverError("side file of %r keeps the state of layer %r, which the net does "
-                                      "not have; delete %s to resume as Caffe would"
-                                      % (state_file, name, snap.side_file_path(state_file)))
-                net.layer_by_name(name).set_state(layer_state)
+                    raise SideFileError("side file %r keeps the state of layer %r, which the %s does not "
+                                        "have (was the net changed?)" % (path, name, which))
+        saved_rng = rng.get_state()
+        saved = [(net.layer_by_name(name), net.layer_by_name(name).get_state())
+                 for net, states, _ in nets for name in states]
+        try:
+            if side["rng"] is not None:
+                self._set_layer_state(_Generator, side["rng"], path, "the solver", "random generator")
+            for net, states, which in nets:
+                for name, layer_state in states.items():
+                    self._set_layer_state(net.layer_by_name(name), layer_state, path, which, name)
+        except SideFileError:
+            rng.set_state(saved_rng)
+            for layer, layer_state in saved:
+                layer.set_state(layer_state)
+            raise
+
+    @staticmethod
+    def _set_layer_state(layer, state, path, which, name):
+        """A layer's set_state, whose failure on a bad value becomes a SideFileError naming it."""
+        try:
+            layer.set_state(state)
+        except Exception as e:   # the layer's own check, or whatever its code hit on a bad value
+            raise SideFileError("side file %r: the saved state of %r (%s) does not fit it: %s%s"
+                                % (path, name, which, "" if isinstance(e, CaffeError)
+                                   else type(e).__name__ + ": ", e)) from None
+
+
+class _Generator:
+    """The toolkit's random generator, restored through the same guard as a layer."""
+    set_state = staticmethod(rng.set_state)
+
+
+_RESUME_AS_CAFFE = ("resuming as Caffe does: the data layers start again from their first record and "
+                    "the random generator is not restored, so the batches differ from an "
+                    "uninterrupted run")
