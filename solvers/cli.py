@@ -5,7 +5,8 @@
     tools/solve.py test --model M --weights W [--iterations 50] [--level L] [--stage a,b]
     tools/solve.py time --model M [--iterations 50] [--phase TRAIN|TEST]
     common flags: --gpu N|N,M|all  --backend numpy|caffe  --log FILE  --debug
-                  --sigint_effect / --sighup_effect snapshot|stop|none
+                  --sigint_effect / --sigterm_effect / --sighup_effect snapshot|stop|none
+                  --ignore_side_file (train --snapshot: resume even if its .json side file is bad)
 
 Flags follow BVLC Caffe's ``tools/caffe.cpp`` and may be written its way too
 (``-solver S``, ``--solver=S``). Differences a Caffe user should know:
@@ -13,14 +14,19 @@ Flags follow BVLC Caffe's ``tools/caffe.cpp`` and may be written its way too
 * SIGINT (Ctrl-C) by default snapshots and then stops (Caffe only stops;
   with ``snapshot_after_train`` it snapshots too). A second Ctrl-C aborts at
   once. ``--sigint_effect stop`` gives Caffe's behaviour. SIGHUP snapshots.
+* SIGTERM (a scheduler's, ``docker stop``, systemd) does what SIGINT does
+  (Caffe dies without a snapshot); ``--sigterm_effect`` changes it. A run
+  stopped by SIGTERM exits with 143 (128 + 15), so a scheduler sees that
+  training did not finish; a second SIGTERM aborts at once.
 * ``train --iterations N`` overrides the solver's ``max_iter`` (Caffe ignores it).
 * ``--backend caffe`` hands the solver file to a real pycaffe
   (``solvers/caffe_backend.py``): the route for boards where only Caffe has
   a GPU build (Jetson TK1).
 
-Exit status: 0 on success (an early stop by signal included), 1 for an error
-the toolkit reports (a CaffeError: one paragraph on stderr, no traceback;
-``--debug`` shows it), 2 for bad usage, 130 when aborted by a second Ctrl-C.
+Exit status: 0 on success (an early stop by SIGINT or SIGHUP included), 1 for
+an error the toolkit reports (a CaffeError: one paragraph on stderr, no
+traceback; ``--debug`` shows it), 2 for bad usage, 143 after a stop by
+SIGTERM, 130 (143) when aborted by a second SIGINT (SIGTERM).
 """
 import argparse
 import contextlib
@@ -39,7 +45,8 @@ EFFECTS = ("snapshot", "stop", "none")
 SNAPSHOT_AND_STOP = "snapshot+stop"   # the default SIGINT effect
 _LOGGER_NAMES = ("caffe", "solvers")
 _FLAGS = ("solver", "model", "weights", "snapshot", "iterations", "gpu", "phase", "level", "stage",
-          "backend", "sigint_effect", "sighup_effect", "log", "debug")
+          "backend", "sigint_effect", "sigterm_effect", "sighup_effect", "ignore_side_file", "log",
+          "debug")
 
 
 class UsageError(CaffeError):
@@ -75,8 +82,14 @@ def build_parser(prog="solve.py"):
                          "such as the Jetson TK1)")
     ap.add_argument("--sigint_effect", choices=EFFECTS, default=None,
                     help="what SIGINT (Ctrl-C) does while training (default: snapshot, then stop)")
+    ap.add_argument("--sigterm_effect", choices=EFFECTS, default=None,
+                    help="what SIGTERM (schedulers, docker stop, systemd) does while training "
+                         "(default: snapshot, then stop, exit status 143)")
     ap.add_argument("--sighup_effect", choices=EFFECTS, default="snapshot",
                     help="what SIGHUP does while training (default: snapshot)")
+    ap.add_argument("--ignore_side_file", "--ignore-side-file", action="store_true",
+                    help="train --snapshot: if the snapshot's .json side file (data position, random "
+                         "state) is damaged, resume without it, as from a Caffe snapshot")
     ap.add_argument("--log", help="also write the log to this file (replaced if it exists)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap
@@ -219,23 +232,35 @@ class _BarStream:
 
 # -- signals ---------------------------------------------------------------------------
 
+class Aborted(KeyboardInterrupt):
+    """A second stop signal while the first is being handled: end now (exit 128 + signal)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class SignalHandler:
-    """Turn SIGINT/SIGHUP into the solver's requested actions (Caffe's SignalHandler).
+    """Turn SIGINT/SIGTERM/SIGHUP into the solver's requested actions (Caffe's SignalHandler).
 
     ``action()`` is the solver's ``action_request``: it returns a pending
-    request once. The default SIGINT effect, snapshot-then-stop, is asked of
-    the solver as "stop"; ``wants_snapshot`` tells the caller to make sure the
-    last iteration is saved. A second SIGINT while a stop is pending raises
-    KeyboardInterrupt (abort now).
+    request once. The default SIGINT/SIGTERM effect, snapshot-then-stop, is
+    asked of the solver as "stop"; ``wants_snapshot`` tells the caller to make
+    sure the last iteration is saved, ``stopped_by`` which signal stopped it.
+    A second SIGINT or SIGTERM while a stop is pending raises Aborted (a
+    KeyboardInterrupt: abort now).
     """
 
-    def __init__(self, sigint_effect=SNAPSHOT_AND_STOP, sighup_effect="snapshot"):
-        self.effects = {signal.SIGINT: sigint_effect or SNAPSHOT_AND_STOP}
+    def __init__(self, sigint_effect=SNAPSHOT_AND_STOP, sighup_effect="snapshot",
+                 sigterm_effect=SNAPSHOT_AND_STOP):
+        self.effects = {signal.SIGINT: sigint_effect or SNAPSHOT_AND_STOP,
+                        signal.SIGTERM: sigterm_effect or SNAPSHOT_AND_STOP}
         if hasattr(signal, "SIGHUP"):
             self.effects[signal.SIGHUP] = sighup_effect
         self.pending = []
         self.wants_snapshot = False
         self.stopping = False
+        self.stopped_by = None
         self._saved = {}
 
     def __enter__(self):
@@ -255,8 +280,8 @@ class SignalHandler:
         effect = self.effects.get(signum, "none")
         if effect == "none":
             return
-        if signum == signal.SIGINT and self.stopping:
-            raise KeyboardInterrupt
+        if signum in (signal.SIGINT, signal.SIGTERM) and self.stopping:
+            raise Aborted(signum)
         if effect in ("stop", SNAPSHOT_AND_STOP):
             self.stopping = True
         self.pending.append((signum, effect))
@@ -266,9 +291,12 @@ class SignalHandler:
             return "none"
         signum, effect = self.pending.pop(0)
         name = signal.Signals(signum).name
+        if effect in ("stop", SNAPSHOT_AND_STOP):
+            self.stopped_by = signum
         if effect == SNAPSHOT_AND_STOP:
             self.wants_snapshot = True
-            log.info("%s received: snapshotting and stopping (press Ctrl-C again to abort at once)", name)
+            log.info("%s received: snapshotting and stopping (%s again to abort at once)", name,
+                     "press Ctrl-C" if signum == signal.SIGINT else "send it")
             return "stop"
         log.info("%s received: %s requested", name, effect)
         return effect
@@ -382,7 +410,7 @@ def train(args, stderr=None):
                                    gpus=gpus, sigint_effect=args.sigint_effect)
     _use_devices(gpus)
     from solvers.sgd_solvers import get_solver
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals:
+    with SignalHandler(args.sigint_effect, args.sighup_effect, args.sigterm_effect) as signals:
         solver = get_solver(param, weights=weights or None)
         solver.action_request = signals.action
         bar = _attach_progress_bar(solver, stderr)
@@ -390,15 +418,14 @@ def train(args, stderr=None):
             log.info("Resuming from %s", args.snapshot)
         log.info("Starting Optimization")
         try:
-            solver.solve(args.snapshot)
+            solver.solve(args.snapshot, ignore_side_file=args.ignore_side_file)
         finally:
             if bar is not None:    # the lines after training scroll without a bar
                 stderr.bar = None
                 bar.clear()
-        p = solver.param
-        if signals.wants_snapshot and not p.snapshot_after_train and \
-                not (p.snapshot and solver.iter % p.snapshot == 0):
-            solver.snapshot()
+        if signals.wants_snapshot and solver.last_snapshot_iter != solver.iter:
+            solver.snapshot()     # what "snapshotting and stopping" promised, at any moment
+    args.stopped_by = signals.stopped_by
     log.info("Optimization Done.")
     return solver
 
@@ -515,11 +542,13 @@ def main(argv=None, prog="solve.py"):
             raise
         _report(e, prog, None, None)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print("%s: aborted (interrupt); no snapshot was written for this iteration" % prog, file=stderr)
-        return 130
+        signum = e.signum if isinstance(e, Aborted) else signal.SIGINT
+        print("%s: aborted (%s); no snapshot was written for this iteration"
+              % (prog, signal.Signals(signum).name), file=stderr)
+        return 128 + signum
     finally:
         if mode == "CPU" and backend.mode() != "CPU":
             backend.set_mode_cpu()
@@ -528,6 +557,8 @@ def main(argv=None, prog="solve.py"):
 def _run(args, stream):
     if args.command == "train":
         train(args, stream)
+        if getattr(args, "stopped_by", None) == signal.SIGTERM:
+            return 128 + signal.SIGTERM    # stopped cleanly, but training did not finish
     elif args.command == "test":
         test(args)
     else:
