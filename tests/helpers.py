@@ -71,3 +71,41 @@ def caffemodel_params(path):
     from solvers.net import read_weights
     param = read_weights(str(path))
     return {(l.name, j): np.array(b.data, np.float32) for l in param.layer for j, b in enumerate(l.blobs)}
+
+
+SOLVE = Path(__file__).resolve().parents[1] / "tools" / "solve.py"
+
+
+def signal_when_logged(args, cwd, log_name, pattern, signum, timeout=120, env=None):
+    """Run tools/solve.py ``args`` in ``cwd``; once its log matches ``pattern``, send ``signum``.
+
+    Returns (exit status, log text, stderr text). Fails the test if the run
+    ends first or the pattern never shows.
+    """
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    log_path, err_path = Path(cwd) / log_name, Path(cwd) / (log_name + ".stderr")
+    regex = re.compile(pattern)
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(SOLVE)] + list(args) + ["--log", log_name],
+                                cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=err,
+                                env=dict(os.environ, **(env or {})))
+        try:
+            deadline = time.monotonic() + timeout
+            while not (log_path.exists() and regex.search(log_path.read_text())):
+                if proc.poll() is not None:
+                    pytest.fail("solve.py ended (status %s) before %r showed:\n%s"
+                                % (proc.returncode, pattern, err_path.read_text()[-3000:]))
+                if time.monotonic() > deadline:
+                    pytest.fail("the log never showed %r" % pattern)
+                time.sleep(0.02)
+            proc.send_signal(signum)
+            rc = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return rc, log_path.read_text(), err_path.read_text()

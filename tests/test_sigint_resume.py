@@ -11,18 +11,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from solvers.log_parser import parse_log
 
-from helpers import caffemodel_params, make_digits_lmdb
+from helpers import SOLVE, caffemodel_params, make_digits_lmdb, signal_when_logged
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLVE = ROOT / "tools" / "solve.py"
 
 NET = """name: "resume"
 layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
@@ -72,35 +67,6 @@ def solve(args, cwd, log_name, timeout=120):
     return text
 
 
-def interrupt_after_iterations(args, cwd, log_name, iterations, timeout=120):
-    """Start tools/solve.py, send SIGINT once the log shows ``iterations``; return (exit status, log)."""
-    log_path = cwd / log_name
-    with open(cwd / (log_name + ".stderr"), "w") as err:
-        proc = subprocess.Popen([sys.executable, str(SOLVE)] + args + ["--log", log_name], cwd=str(cwd),
-                                stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + timeout
-            pattern = re.compile(r"\] Iteration (\d+) \(")
-            while True:
-                text = log_path.read_text() if log_path.exists() else ""
-                seen = [int(i) for i in pattern.findall(text)]
-                if seen and max(seen) >= iterations:
-                    break
-                if proc.poll() is not None:
-                    pytest.fail("solve.py ended (status %s) before the SIGINT:\n%s"
-                                % (proc.returncode, (cwd / (log_name + ".stderr")).read_text()[-3000:]))
-                if time.monotonic() > deadline:
-                    pytest.fail("the log never showed iteration %d" % iterations)
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return rc, log_path.read_text()
-
-
 def test_sigint_snapshot_and_resume_equal_uninterrupted(tmp_path):
     make_digits_lmdb(tmp_path / "digits_lmdb", n=70, seed=1)
     (tmp_path / "net.prototxt").write_text(NET)
@@ -109,10 +75,11 @@ def test_sigint_snapshot_and_resume_equal_uninterrupted(tmp_path):
         (tmp_path / ("%s.prototxt" % name)).write_text(SOLVER % name)
 
     # 1. train, interrupted by Ctrl-C once some iterations are logged
-    rc, text = interrupt_after_iterations(["train", "--solver", "a.prototxt"], tmp_path, "a.log", WAIT_FOR)
+    rc, text, stderr = signal_when_logged(["train", "--solver", "a.prototxt"], tmp_path, "a.log",
+                                          r"\] Iteration %d \(" % WAIT_FOR, signal.SIGINT)
     assert rc == 0, text[-3000:]
     assert "SIGINT received" in text and "Optimization stopped early." in text
-    assert "Traceback" not in (tmp_path / "a.log.stderr").read_text()
+    assert "Traceback" not in stderr
     states = re.findall(r"Snapshotting solver state to binary proto file snap/a_iter_(\d+)\.solverstate", text)
     stop = int(states[-1])
     assert WAIT_FOR <= stop < 1000000
