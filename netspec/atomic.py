@@ -14,6 +14,8 @@ itself at the N-th write step (temporary created, data written, renamed), and
 ``CAFFE_TRACE_WRITE_STEPS=1`` prints each step to stderr, so that a test can
 stop a run at every interesting instant, deterministically.
 """
+import ctypes
+import errno
 import logging
 import os
 import re
@@ -63,10 +65,10 @@ def final_mode(path):
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        return 0o666 & ~_current_umask()
+        return 0o666 & ~current_umask()
 
 
-def _current_umask():
+def current_umask():
     """The process umask, read without changing it where Linux allows (thread-safe)."""
     try:
         with open("/proc/self/status") as f:
@@ -144,6 +146,30 @@ class AtomicFile:
         return False
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a, b):
+    """Swap what ``a`` and ``b`` name in one atomic step (Linux renameat2 RENAME_EXCHANGE).
+
+    Unlike rename, this replaces a directory by another, so a reader sees the
+    old database or the new one at every instant. Returns False where the
+    system or file system cannot (the caller falls back); other failures are OSError.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
 def _pid_alive(pid):
     if pid == os.getpid():
         return True
@@ -198,6 +224,6 @@ def remove_stale_temporaries(directory, target=None):
         except OSError as e:
             log.warning("Cannot remove stale temporary %s: %s", path, e.strerror or e)
             continue
-        log.info("Removed stale temporary %s (left by process %d, which is no longer running)", path, pid)
+        log.warning("Removed stale temporary %s (left by process %d, which is no longer running)", path, pid)
         done.append(("removed", path))
     return done

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 import threading
 
+from netspec.atomic import (current_umask, exchange_paths, fsync_directory,
+                            remove_stale_temporaries, temp_prefix, write_step)
 from netspec.errors import DataError, resolved_path
 
 
@@ -161,22 +163,30 @@ class LMDBCursor:
 class LMDBWriter:
     """Write (key, value) records into a new LMDB at ``path``, atomically.
 
-    Use as a context manager; leaving the block normally commits and renames
-    the temporary build directory to ``path``, an exception throws it away.
+    Use as a context manager; leaving the block normally commits and puts the
+    temporary build directory at ``path``, an exception throws it away. With
+    ``overwrite``, the new database takes the old one's place in one step
+    (netspec.atomic.exchange_paths), so ``path`` holds the old or the new
+    database at every instant; where the system cannot swap, the old one is
+    moved aside under a name the next run recognises and puts back if the
+    swap was cut short. Temporaries of killed runs are removed first.
     """
 
     def __init__(self, path, overwrite=False, batch_size=1000, map_size=1 << 20):
         self.path = os.path.abspath(os.fspath(path))
-        if os.path.lexists(self.path) and not overwrite:
-            raise DataError("%s already exists; refusing to overwrite it (pass --overwrite / "
-                            "overwrite=True, or choose another output path)" % path)
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise DataError("cannot create %s: directory %s does not exist" % (path, parent))
+        name = os.path.basename(self.path)
+        remove_stale_temporaries(parent, lambda target: target == name)
+        if os.path.lexists(self.path) and not overwrite:
+            raise DataError("%s already exists; refusing to overwrite it (pass --overwrite / "
+                            "overwrite=True, or choose another output path)" % path)
         self.overwrite = overwrite
         self.batch_size = int(batch_size)
-        self.tmp = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".tmp-", dir=parent)
-        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a database is meant to be shared
+        self.tmp = tempfile.mkdtemp(prefix=temp_prefix(name), dir=parent)
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a database is meant to be shared
+        write_step("created %s" % self.tmp)
         self.map_size = int(map_size)
         self.env = _lmdb().open(self.tmp, map_size=self.map_size, subdir=True)
         self.pending = []
@@ -205,20 +215,28 @@ class LMDBWriter:
                 self.env.set_mapsize(self.map_size)
         self.count += len(self.pending)
         self.pending = []
+        write_step("committed %d records to %s" % (self.count, self.tmp))
 
     def commit(self):
         """Flush, close and move the finished database to its final path."""
         self.flush()
         self.env.sync(True)
         self.env.close()
-        if os.path.lexists(self.path):  # overwrite: move the old one aside first
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".old-",
+        write_step("database complete in %s" % self.tmp)
+        if not os.path.lexists(self.path):
+            os.rename(self.tmp, self.path)
+        elif exchange_paths(self.tmp, self.path):   # self.tmp now holds the old database
+            write_step("exchanged %s and %s" % (self.tmp, self.path))
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:   # no atomic swap here: move the old one aside under a name the next run restores
+            old = tempfile.mkdtemp(prefix=temp_prefix(os.path.basename(self.path), "old"),
                                    dir=os.path.dirname(self.path))
             os.rename(self.path, os.path.join(old, "db"))
+            write_step("moved the old database to %s" % old)
             os.rename(self.tmp, self.path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.tmp, self.path)
+        write_step("renamed to %s" % self.path)
+        fsync_directory(os.path.dirname(self.path))
 
     def abort(self):
         try:
