@@ -121,9 +121,10 @@ def columns(rows):
 
 def save_csv(rows, path, delimiter=","):
     """Write rows as CSV (to a temporary name, then renamed)."""
-    tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(rows), delimiter=delimiter, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    import io
+    from netspec.io import atomic_write_bytes
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(rows), delimiter=delimiter, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))

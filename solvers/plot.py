@@ -15,10 +15,12 @@ def _pyplot():
 
 def _save(fig, path, dpi):
     """Save atomically: a crash never leaves half a PNG under the real name."""
-    root, ext = os.path.splitext(str(path))
-    tmp = "%s.tmp%d%s" % (root, os.getpid(), ext or ".png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    import io
+    from netspec.io import atomic_write_bytes
+    ext = os.path.splitext(str(path))[1].lstrip(".") or "png"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format=ext)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_training_curves(train_rows, test_rows, path, loss_key=None, test_key=None,

@@ -13,7 +13,6 @@ editing this file, rebuild the notebook with
 ``python examples/mnist/walkthrough.py --write-notebook``.
 """
 import json
-import os as _os
 import sys
 
 CELL_MARK = "# %%"
@@ -56,11 +55,8 @@ def write_notebook(script, notebook):
         if kind == "code":
             cell.update(execution_count=None, outputs=[])
         nb["cells"].append(cell)
-    tmp = "%s.tmp" % notebook
-    with open(tmp, "w") as f:
-        json.dump(nb, f, indent=1)
-        f.write("\n")
-    _os.replace(tmp, notebook)
+    from netspec.io import atomic_write_bytes
+    atomic_write_bytes(notebook, (json.dumps(nb, indent=1) + "\n").encode("utf-8"))
     return notebook
 
 

@@ -199,8 +199,6 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=
         data = to_dot(caffe_net, rankdir, True, phase, display_lrm).encode()
         warnings.warn("%s; wrote the graph as DOT text to %s instead (render it with: dot -T%s %s -o %s%s)"
                       % (e, filename, ext, filename, root, "." + ext), RuntimeWarning, stacklevel=2)
-    tmp = "%s.tmp%d" % (filename, os.getpid())
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, filename)
+    from netspec.io import atomic_write_bytes
+    atomic_write_bytes(filename, data)
     return filename

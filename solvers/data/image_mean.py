@@ -7,8 +7,6 @@ sequential sum), so the result equals Caffe's bit for bit. The output is a
 BlobProto with the legacy num/channels/height/width fields, written to a
 temporary file and renamed into place.
 """
-import os
-import tempfile
 
 import numpy as np
 
@@ -67,18 +65,9 @@ def mean_to_blobproto(mean):
 
 
 def write_binaryproto_atomic(proto, path):
-    """Write a message to ``path`` via a temporary file in the same directory and a rename."""
-    path = os.path.abspath(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a message to ``path`` atomically (netspec.io's one helper; a ProtoError names the path)."""
+    from netspec.io import atomic_write_bytes
+    atomic_write_bytes(path, proto.SerializeToString)
 
 
 def save_image_mean(db_path, out_path):
