@@ -29,7 +29,10 @@ def rng_state(rng):
 
 
 def set_rng_state(rng, state):
+    """Restore a source's generator from a side file, checked first (side_file.RNG_STATE)."""
     if state is not None:
+        from solvers.side_file import check_rng_state
+        check_rng_state(state, "random generator state")
         rng.bit_generator.state = state
 
 
