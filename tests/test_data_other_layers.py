@@ -172,6 +172,34 @@ def test_hdf5_data_reads_across_files(tmp_path):
     np.testing.assert_array_equal(nxt[0], again[0])
 
 
+
+@pytest.mark.parametrize("change,message", [
+    ({"file_order": [0, 0]}, "file order"), ({"file": 5}, "file order"),
+    ({"perm": [0, 1, 7]}, "permutation"), ({"row": 9}, "outside"), ({"row": -1}, "outside")])
+def test_hdf5_data_refuses_a_saved_state_that_does_not_fit(tmp_path, change, message):
+    """A side file's state for another data set is an error at restore, not an IndexError mid-run."""
+    files = [write_h5(tmp_path / "a.h5", np.zeros((3, 2), np.float32), np.arange(3)),
+             write_h5(tmp_path / "b.h5", np.ones((3, 2), np.float32), np.arange(3))]
+    (tmp_path / "list.txt").write_text("\n".join(files) + "\n")
+    layer, top = make_layer('name: "h5" type: "HDF5Data" top: "data" top: "label" '
+                            'hdf5_data_param { source: "%s" batch_size: 2 shuffle: true }' % (tmp_path / "list.txt"))
+    state = dict(json.loads(json.dumps(layer.get_state())), **change)
+    with pytest.raises(DataError, match=message):
+        layer.set_state(state)
+
+
+def test_memory_and_image_data_refuse_saved_positions_that_do_not_fit(images):
+    layer, top = memory_layer()
+    layer.set_input_arrays(np.zeros((4, 1, 2, 3), np.float32), np.zeros(4, np.float32))
+    with pytest.raises(DataError, match="outside the 4 items"):
+        layer.set_state({"index": 4})
+    tmp_path, _ = images
+    layer, top = image_layer(tmp_path, "shuffle: true")
+    state = layer.get_state()
+    with pytest.raises(DataError, match="not a permutation"):
+        layer.set_state(dict(state, order=state["order"][:-1]))
+    layer.close()
+
 def test_hdf5_data_errors(tmp_path):
     f = write_h5(tmp_path / "a.h5", np.zeros((2, 2), np.float32), np.zeros(2))
     (tmp_path / "list.txt").write_text(f + "\n")

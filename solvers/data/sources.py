@@ -180,7 +180,11 @@ class ImageListSource(BatchSource):
         return state
 
     def set_state(self, state):
-        self.pos = int(state["index"]) % len(self.lines)
         if "order" in state:
-            self.order = np.asarray(state["order"], dtype=np.int64)
+            order = np.asarray(state["order"], dtype=np.int64)
+            if order.ndim != 1 or sorted(order.tolist()) != list(range(len(self.lines))):
+                raise DataError("%s: the saved image order is not a permutation of the %d listed images"
+                                % (self.where, len(self.lines)))
+            self.order = order
+        self.pos = int(state["index"]) % len(self.lines)
         set_rng_state(self.rng, state.get("rng"))

@@ -236,7 +236,11 @@ class MemoryDataLayer(_BaseData):
 
     def set_state(self, state):
         if state is not None:
-            self.pos = int(state["index"])
+            pos = int(state["index"])
+            if pos < 0 or (self.data is not None and pos >= self.data.shape[0]):
+                raise DataError("%s: the saved position %d is outside the %s items held"
+                                % (self.where(), pos, "no" if self.data is None else self.data.shape[0]))
+            self.pos = pos
 
 
 def _h5py(layer):
@@ -350,13 +354,26 @@ class HDF5DataLayer(_BaseData):
         from solvers.data.sources import set_rng_state
         if state is None:
             return
-        self.file_order = np.asarray(state["file_order"], dtype=np.int64)
-        self.current_file = int(state["file"])
+        file_order = np.asarray(state["file_order"], dtype=np.int64)
+        current = int(state["file"])
+        if sorted(file_order.tolist()) != list(range(len(self.files))) or not 0 <= current < len(self.files):
+            raise DataError("%s: the saved file order %s / file %d does not fit the %d files listed"
+                            % (self.where(), file_order.tolist()[:8], current, len(self.files)))
+        self.file_order, self.current_file = file_order, current
         if self.file_order[self.current_file] != self.loaded:
             self._load(self.file_order[self.current_file])
+        rows = self.arrays[0].shape[0]
         if state.get("perm") is not None:
-            self.perm = np.asarray(state["perm"], dtype=np.int64)
-        self.row = int(state["row"])
+            perm = np.asarray(state["perm"], dtype=np.int64)
+            if perm.ndim != 1 or sorted(perm.tolist()) != list(range(rows)):
+                raise DataError("%s: the saved row order is not a permutation of the %d rows of file %d"
+                                % (self.where(), rows, self.loaded))
+            self.perm = perm
+        row = int(state["row"])
+        if not 0 <= row <= rows:
+            raise DataError("%s: the saved row %d is outside the %d rows of file %d"
+                            % (self.where(), row, rows, self.loaded))
+        self.row = row
         set_rng_state(self.rng, state.get("rng"))
 
 
