@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 
 from netspec import caffe_pb2
-from netspec.atomic import AtomicFile, remove_stale_temporaries as _remove_stale
+from netspec.atomic import AtomicFile, remove_stale_temporaries as _remove_stale, temp_prefix
 from netspec.errors import CaffeError, NetError, SolverError
 from netspec.io import array_to_blobproto, atomic_write_bytes, blobproto_to_array, read_binary
 from solvers import side_file
@@ -76,7 +76,7 @@ def check_prefix_writable(prefix):
         raise SolverError("cannot write snapshots: %s: the directory does not exist; create it "
                           "or change snapshot_prefix" % where)
     try:
-        fd, name = tempfile.mkstemp(dir=directory, prefix=os.path.basename(probe) + ".")
+        fd, name = tempfile.mkstemp(dir=directory, prefix=temp_prefix(os.path.basename(probe)))
         os.close(fd)
         os.unlink(name)
     except OSError as e:
