@@ -4,12 +4,15 @@
     tools/solve.py train --solver S [--weights W1,W2 | --snapshot S.solverstate] [--iterations N]
     tools/solve.py test --model M --weights W [--iterations 50] [--level L] [--stage a,b]
     tools/solve.py time --model M [--iterations 50] [--phase TRAIN|TEST]
+    tools/solve.py device_query --gpu N|N,M|all
     common flags: --gpu N|N,M|all  --backend numpy|caffe  --log FILE  --debug
                   --sigint_effect / --sigterm_effect / --sighup_effect snapshot|stop|none
                   --ignore_side_file (train --snapshot: resume even if its .json side file is bad)
 
 Flags follow BVLC Caffe's ``tools/caffe.cpp`` and may be written its way too
-(``-solver S``, ``--solver=S``). Differences a Caffe user should know:
+(``-solver S``, ``--solver=S``, ``-solver=S``): every flag of the parser,
+so a flag added here works in all three spellings, through ``tools/solve.py``
+and the ``caffe`` command (``solvers/caffe_tool.py``) alike. Differences a Caffe user should know:
 
 * SIGINT (Ctrl-C) by default snapshots and then stops (Caffe only stops;
   with ``snapshot_after_train`` it snapshots too). A second Ctrl-C aborts at
@@ -40,13 +43,10 @@ from netspec.errors import CaffeError, resolved_path
 
 log = logging.getLogger("caffe")
 
-VERBS = ("train", "test", "time")
+VERBS = ("train", "test", "time", "device_query")
 EFFECTS = ("snapshot", "stop", "none")
 SNAPSHOT_AND_STOP = "snapshot+stop"   # the default SIGINT effect
 _LOGGER_NAMES = ("caffe", "solvers")
-_FLAGS = ("solver", "model", "weights", "snapshot", "iterations", "gpu", "phase", "level", "stage",
-          "backend", "sigint_effect", "sigterm_effect", "sighup_effect", "ignore_side_file", "log",
-          "debug")
 
 
 class UsageError(CaffeError):
@@ -63,7 +63,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog="solve.py"):
     ap = _Parser(prog=prog, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                  description=__doc__.split("\n\n")[1])
-    ap.add_argument("command", help="train, test or time; or a solver prototxt (= train --solver it)")
+    ap.add_argument("command", help="train, test, time or device_query; or a solver prototxt "
+                                    "(= train --solver it)")
     ap.add_argument("--solver", help="the solver prototxt (train)")
     ap.add_argument("--model", help="the net prototxt (test, time)")
     ap.add_argument("--weights", help="caffemodel(s) separated by ',': fine-tune from them (train) or "
@@ -95,26 +96,31 @@ def build_parser(prog="solve.py"):
     return ap
 
 
-def _normalise_flags(argv):
-    """Accept gflags spellings: ``-solver S`` and ``-solver=S`` mean ``--solver S``."""
+def _normalise_flags(argv, parser):
+    """Accept gflags spellings: ``-solver S`` and ``-solver=S`` mean ``--solver S``.
+
+    Any long option of ``parser`` may be written with one dash.
+    """
+    flags = {option[2:] for option in parser._option_string_actions if option.startswith("--")}
     out = []
     for arg in argv:
-        if arg.startswith("-") and not arg.startswith("--") and arg[1:].split("=", 1)[0] in _FLAGS:
+        if arg.startswith("-") and not arg.startswith("--") and arg[1:].split("=", 1)[0] in flags:
             arg = "-" + arg
         out.append(arg)
     return out
 
 
 def parse_args(argv, prog="solve.py"):
-    args = build_parser(prog).parse_args(_normalise_flags(argv))
+    parser = build_parser(prog)
+    args = parser.parse_args(_normalise_flags(argv, parser))
     if args.command not in VERBS:
         if args.command.endswith((".prototxt", ".pbtxt")) or os.path.isfile(args.command):
             if args.solver:
                 raise UsageError("give the solver once: either %r or --solver %r" % (args.command, args.solver))
             args.solver, args.command = args.command, "train"
         else:
-            raise UsageError("unknown command %r; use train, test or time, or give a solver prototxt"
-                             % args.command)
+            raise UsageError("unknown command %r; use train, test, time or device_query, or give a "
+                             "solver prototxt" % args.command)
     args.stages = [s for s in args.stage.split(",") if s]
     return args
 
@@ -498,6 +504,53 @@ def time_model(args):
     return time_net(net, iterations, report=log.info)
 
 
+_DEVICE_FIELDS = (("Major revision number", "major"), ("Minor revision number", "minor"),
+                  ("Name", "name"), ("Total global memory", "totalGlobalMem"),
+                  ("Total shared memory per block", "sharedMemPerBlock"),
+                  ("Total registers per block", "regsPerBlock"), ("Warp size", "warpSize"),
+                  ("Maximum memory pitch", "memPitch"),
+                  ("Maximum threads per block", "maxThreadsPerBlock"),
+                  ("Maximum dimension of block", "maxThreadsDim"),
+                  ("Maximum dimension of grid", "maxGridSize"), ("Clock rate", "clockRate"),
+                  ("Total constant memory", "totalConstMem"),
+                  ("Texture alignment", "textureAlignment"),
+                  ("Concurrent copy and execution", "deviceOverlap"),
+                  ("Number of multiprocessors", "multiProcessorCount"),
+                  ("Kernel execution timeout", "kernelExecTimeoutEnabled"))
+
+
+def device_query(args):
+    """Caffe's ``device_query``: the CUDA properties of each --gpu device; return them as dicts."""
+    log.info("Querying GPUs %s", args.gpu)
+    gpus = parse_gpus(args.gpu)
+    if not gpus:
+        log.info("No device given: pass --gpu N (or N,M or all) to query GPUs; without it "
+                 "this toolkit runs on the CPU")
+        return []
+    try:
+        import cupy
+    except ImportError:
+        raise CaffeError("--gpu %s: CuPy is not installed, so no GPU can be queried; install a "
+                         "cupy-cudaXXx wheel matching your CUDA" % args.gpu) from None
+    found = []
+    for device in gpus:
+        try:
+            props = cupy.cuda.runtime.getDeviceProperties(device)
+        except Exception as e:   # CUDA's own errors: no such device, no driver
+            raise CaffeError("--gpu %s: cannot query GPU %d: %s: %s"
+                             % (args.gpu, device, type(e).__name__, e)) from None
+        log.info("%-31s%d", "Device id:", device)
+        for label, key in _DEVICE_FIELDS:
+            value = props.get(key, "n/a")
+            if isinstance(value, bytes):
+                value = value.decode(errors="replace")
+            if key in ("deviceOverlap", "kernelExecTimeoutEnabled") and value != "n/a":
+                value = "Yes" if value else "No"
+            log.info("%-31s%s", label + ":", value)
+        found.append(dict(props, device_id=device))
+    return found
+
+
 def _no_caffe_backend(args, verb):
     if args.backend == "caffe":
         raise UsageError("--backend caffe runs train only; for %s use Caffe's own tool "
@@ -561,6 +614,8 @@ def _run(args, stream):
             return 128 + signal.SIGTERM    # stopped cleanly, but training did not finish
     elif args.command == "test":
         test(args)
+    elif args.command == "device_query":
+        device_query(args)
     else:
         time_model(args)
     return 0

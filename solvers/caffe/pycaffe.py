@@ -8,6 +8,8 @@ does not define the name already, plus the IPython/Jupyter representations
 from ``solvers.inspect``.
 """
 import logging
+import os
+import time
 from itertools import zip_longest
 
 import numpy as np
@@ -22,7 +24,7 @@ from solvers.sgd_solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Nest
 from solvers import inspect as _inspect
 
 __all__ = ["Net", "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
-           "AdaDeltaSolver", "AdamSolver", "get_solver", "init_log"]
+           "AdaDeltaSolver", "AdamSolver", "Timer", "get_solver", "init_log", "log"]
 
 
 # -- batching (pycaffe's Net._batch, forward_all, forward_backward_all) ---------------
@@ -128,10 +130,27 @@ def _share_weights(self, net):
     net.share_with(self.net)
 
 
+# -- HDF5 weights (pycaffe's Net.save_hdf5 / load_hdf5) ------------------------------
+
+def _save_hdf5(self, filename):
+    """Write the learned blobs as Caffe's Net::ToHDF5 does: datasets ``/data/<layer>/<j>``."""
+    from solvers.snapshot import write_net_hdf5
+    write_net_hdf5(self, filename, write_diff=False)
+
+
+def _load_hdf5(self, filename):
+    """Copy learned blobs from an HDF5 weights file by layer name (Caffe's CopyTrainedLayersFromHDF5).
+
+    Any file name will do: the format is not guessed from the extension here.
+    """
+    self._copy_from_hdf5(os.fspath(filename))
+
+
 # -- attaching ------------------------------------------------------------------------
 
 _NET_METHODS = {"_batch": _batch, "forward_all": _forward_all,
-                "forward_backward_all": _forward_backward_all, "set_input_arrays": _set_input_arrays}
+                "forward_backward_all": _forward_backward_all, "set_input_arrays": _set_input_arrays,
+                "save_hdf5": _save_hdf5, "load_hdf5": _load_hdf5}
 _SOLVER_METHODS = {"share_weights": _share_weights}
 
 
@@ -176,3 +195,41 @@ def init_log(level=0, stderr=None):
     """pycaffe's init_log: print the solver's glog-style lines (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL)."""
     from solvers.log import install_handler
     return install_handler(stream=stderr, level=_GLOG_LEVELS.get(int(level), logging.INFO))
+
+
+def log(message):
+    """pycaffe's caffe.log: one INFO line in Caffe's log."""
+    logging.getLogger("caffe").info("%s", message)
+
+
+# -- timing -----------------------------------------------------------------------------
+
+class Timer:
+    """pycaffe's caffe.Timer: ``start()``, ``stop()``, ``ms`` (Caffe's Timer semantics).
+
+    ``ms`` is the time from the last start to the last stop; read while
+    running, it stops the timer first (as Caffe's MilliSeconds does), and
+    it is 0 for a timer never started.
+    """
+
+    def __init__(self, clock=time.perf_counter):
+        self._clock = clock
+        self._start = self._stop = None
+        self._running = False
+
+    def start(self):
+        if not self._running:
+            self._start = self._clock()
+            self._running = True
+
+    def stop(self):
+        if self._running:
+            self._stop = self._clock()
+            self._running = False
+
+    @property
+    def ms(self):
+        if self._start is None:
+            return 0.0
+        self.stop()
+        return (self._stop - self._start) * 1000.0
