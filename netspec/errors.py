@@ -17,6 +17,18 @@ class NetSpecError(CaffeError):
     """A NetSpec description is wrong: unknown keyword or type, clashing tops."""
 
 
+class UnknownLayerTypeError(NetSpecError, AttributeError):
+    """``L.<Type>`` names a layer type nobody registered (an AttributeError too, so hasattr() works)."""
+
+
+class NotATopError(NetSpecError, TypeError):
+    """A layer got something other than a Top as a bottom: a TypeError, as pycaffe raises."""
+
+
+class BlobShapeError(ProtoError, ValueError):
+    """A BlobProto's values do not fill its shape: a ValueError, as pycaffe's reshape raises."""
+
+
 class LayerError(CaffeError):
     """A layer cannot be set up or run: wrong bottom/top counts, shapes, parameters."""
 

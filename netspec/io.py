@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from netspec import caffe_pb2
 from netspec.atomic import AtomicFile
 from netspec.descriptor_compat import is_repeated
-from netspec.errors import ProtoError
+from netspec.errors import BlobShapeError, ProtoError
 from netspec.upgrade import upgrade_net, upgrade_solver
 
 __all__ = [
@@ -554,8 +554,8 @@ def blobproto_to_array(blob, return_diff=False):
     array = np.asarray(values, dtype=np.float32)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if array.size != count:
-        raise ProtoError(f"BlobProto {what} holds {array.size} values but its shape "
-                         f"{list(shape)} needs {count}")
+        raise BlobShapeError(f"BlobProto {what} holds {array.size} values but its shape "
+                             f"{list(shape)} needs {count}")
     return array.reshape(shape)
 
 

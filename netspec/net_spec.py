@@ -18,7 +18,10 @@ enum values as numbers (``P.Pooling.MAX``) or names (``'MAX'``).
 
 Beyond pycaffe, mistakes are caught when the layer is written, not when
 Caffe later refuses the file: unknown keywords and layer types raise
-``NetSpecError`` with the closest valid names; two layers writing one top
+``NetSpecError`` with the closest valid names (an unknown type is an
+``UnknownLayerTypeError``, an AttributeError too; a bottom that is not a
+Top, such as a multi-top layer's tuple, a ``NotATopError``, a TypeError
+too, as pycaffe raises); two layers writing one top
 blob raise; unconsumed inputs warn (see ``check_net``).
 """
 import difflib
@@ -31,7 +34,7 @@ from google.protobuf.message import Message
 
 from netspec import caffe_pb2
 from netspec.descriptor_compat import is_repeated
-from netspec.errors import NetSpecError
+from netspec.errors import NetSpecError, NotATopError, UnknownLayerTypeError
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -236,11 +239,12 @@ class Function:
             if not isinstance(inp, Top):
                 hint = ""
                 if isinstance(inp, tuple):
-                    hint = " (a layer with ntop > 1 returns a tuple: unpack it, e.g. a, b = L.Slice(..., ntop=2))"
+                    hint = (" A layer with ntop > 1 returns a tuple of tops: unpack it (a, b = "
+                            "L.Slice(..., ntop=2)) or pass them one by one (L.%s(*tops, ...))." % type_name)
                 elif isinstance(inp, Function):
-                    hint = " (a layer with ntop=0 has no top to consume)"
-                raise NetSpecError("%s layer: bottom %d is not a top but %s%s"
-                                   % (type_name, i, type(inp).__name__, hint))
+                    hint = " A layer with ntop=0 has no top to consume."
+                raise NotATopError("%s layer: bottom %d is not a Top (type is %s).%s"
+                                   % (type_name, i, type(inp), hint))
         self.inputs = tuple(inputs)
         self.params = params
         self._layer_fields()  # validate now, so the error points at the user's line
@@ -475,9 +479,10 @@ class Layers:
         if type_name not in STANDARD_LAYER_TYPES and type_name not in _extra_types:
             known = known_layer_types()
             if type_name not in known:
-                raise _NameError("unknown layer type %r.%s (Known: %s. A type of your own: "
-                                 "register it in solvers.layer or call netspec.net_spec.add_layer_type.)"
-                                 % (type_name, _suggest(type_name, known), ", ".join(sorted(known))))
+                raise UnknownLayerTypeError(
+                    "unknown layer type %r.%s (Known: %s. A type of your own: register it in "
+                    "solvers.layer or call netspec.net_spec.add_layer_type.)"
+                    % (type_name, _suggest(type_name, known), ", ".join(sorted(known))))
 
         def layer_fn(*bottoms, **kwargs):
             fn = Function(type_name, bottoms, kwargs)
