@@ -117,3 +117,22 @@ def test_bad_command_lines_are_one_line_errors(work, args, rc, words):
     if args:
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("caffe"), err
+
+
+def test_device_query_prints_each_gpus_properties(monkeypatch, capsys):
+    """In process, with a stand-in for CuPy's CUDA runtime (no GPU needed)."""
+    import types
+    from solvers import caffe_tool
+    props = {"name": b"Fake GPU", "major": 9, "minor": 0, "totalGlobalMem": 1 << 30,
+             "multiProcessorCount": 7, "deviceOverlap": 1, "kernelExecTimeoutEnabled": 0}
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 2,
+                                    getDeviceProperties=lambda i: dict(props) if i < 2 else 1 / 0)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    assert caffe_tool.main(["device_query", "-gpu", "all"]) == 0
+    err = capsys.readouterr().err
+    assert "Querying GPUs all" in err
+    assert re.search(r"Device id: +0\n", err) and re.search(r"Device id: +1\n", err)
+    assert re.search(r"Name: +Fake GPU", err) and re.search(r"Number of multiprocessors: +7", err)
+    assert re.search(r"Concurrent copy and execution: +Yes", err)
+    assert caffe_tool.main(["device_query", "--gpu=5"]) == 1
+    assert "cannot query GPU 5" in capsys.readouterr().err
