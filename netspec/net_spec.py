@@ -428,7 +428,7 @@ class NetSpec:
             hint = ""
             if isinstance(value, tuple):
                 hint = " A layer with ntop > 1 returns a tuple: unpack it, e.g. n.a, n.b = L.Slice(..., ntop=2)."
-            raise NetSpecError("NetSpec.%s: can only hold tops made by L.<Type>(...), got %s.%s"
+            raise NotATopError("NetSpec.%s: can only hold tops made by L.<Type>(...), got %s.%s"
                                % (name, type(value).__name__, hint))
         self.tops[name] = value
 

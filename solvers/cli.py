@@ -12,7 +12,8 @@
 Flags follow BVLC Caffe's ``tools/caffe.cpp`` and may be written its way too
 (``-solver S``, ``--solver=S``, ``-solver=S``): every flag of the parser,
 so a flag added here works in all three spellings, through ``tools/solve.py``
-and the ``caffe`` command (``solvers/caffe_tool.py``) alike. Differences a Caffe user should know:
+and the ``caffe`` command (``solvers/caffe_tool.py``) alike. Differences a
+Caffe user should know:
 
 * SIGINT (Ctrl-C) by default snapshots and then stops (Caffe only stops;
   with ``snapshot_after_train`` it snapshots too). A second Ctrl-C aborts at
