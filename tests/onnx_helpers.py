@@ -1,0 +1,141 @@
+"""What the ONNX tests share: random weights and inputs for a net, and the agreement check.
+
+The check runs the toolkit's forward and ONNX Runtime's on the same inputs and
+compares every net output at rel 1e-5 (max |ours - theirs| / max |ours|).
+"""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
+
+from netspec import caffe_pb2  # noqa: E402
+from netspec.io import read_net  # noqa: E402
+from solvers.net import Net  # noqa: E402
+from solvers.onnx_export import net_to_onnx  # noqa: E402
+
+TOL = 1e-5
+
+
+def input_net(layers_text, inputs):
+    """A NetParameter: one Input layer per (name, shape) of ``inputs``, then ``layers_text``."""
+    head = "".join('layer { name: "in_%s" type: "Input" top: "%s" input_param { shape { %s } } }\n'
+                   % (n, n, " ".join("dim: %d" % d for d in s)) for n, s in inputs)
+    return read_net(head + layers_text)
+
+
+def randomise(net, rng):
+    """Random parameters in every layer (Caffe's default fillers give zeros); statistics positive."""
+    for name, layer in zip(net.layer_names, net.layers):
+        for j, b in enumerate(layer.blobs):
+            v = rng.standard_normal(b.shape)
+            if layer.type == "BatchNorm":
+                v = [v * 0.5, rng.uniform(0.5, 1.5, b.shape), rng.uniform(0.5, 2.0, b.shape)][j]
+            b.data[...] = v
+
+
+def fill_inputs(net, rng, kinds=None, batch=None):
+    """Random input values (normal, or per blob 'positive', 'index:K', 'cont'); optional new batch size."""
+    kinds = kinds or {}
+    values = {}
+    for name in net.inputs:
+        shape = list(net.blobs[name].shape)
+        if batch is not None and kinds.get(name) != "fixed":
+            shape[0] = batch
+        kind = kinds.get(name, "normal")
+        if kind == "positive":
+            v = rng.uniform(0.2, 2.0, shape)
+        elif kind.startswith("index:"):
+            v = rng.randint(0, int(kind[6:]), shape)
+        elif kind == "cont":
+            v = (rng.uniform(0, 1, shape) < 0.7).astype(float)
+            v[0] = 0
+        else:
+            v = rng.standard_normal(shape)
+        values[name] = np.ascontiguousarray(v, np.float32)
+    return values
+
+
+def run_both(net, model, values):
+    """(ours, theirs): {output: array} from the toolkit's forward and ONNX Runtime's."""
+    for name, v in values.items():
+        net.blobs[name].reshape(v.shape)
+    net.reshape()
+    for name, v in values.items():
+        net.blobs[name].data[...] = v
+    net.forward()
+    ours = {o: net.blobs[o].data.copy() for o in net.outputs}
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, values)
+    theirs = dict(zip([o.name for o in sess.get_outputs()], got))
+    return ours, theirs
+
+
+def rel_err(ours, theirs):
+    ours = np.asarray(ours, np.float64)
+    theirs = np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    if not ours.size:
+        return 0.0
+    return float(np.abs(ours - theirs).max() / (np.abs(ours).max() + 1e-12))
+
+
+def assert_agree(net, model, values, tol=TOL, what=""):
+    onnx.checker.check_model(model, full_check=True)
+    ours, theirs = run_both(net, model, values)
+    assert set(ours) == set(theirs), "outputs differ: %s vs %s" % (sorted(ours), sorted(theirs))
+    for name in ours:
+        err = rel_err(ours[name], theirs[name])
+        assert err <= tol, "%s output %r: rel err %.3g > %g (shapes %s, %s)" % (
+            what, name, err, tol, ours[name].shape, np.shape(theirs[name]))
+
+
+def check_layers(layers_text, inputs, kinds=None, seed=0, dynamic=True, phase="TEST"):
+    """Build, randomise, export (static, and dynamic batch unless told not) and compare."""
+    rng = np.random.RandomState(seed)
+    net = Net(input_net(layers_text, inputs), phase=phase)
+    randomise(net, rng)
+    values = fill_inputs(net, rng, kinds)
+    assert_agree(net, net_to_onnx(net), values, what="static")
+    if dynamic:
+        model = net_to_onnx(net, dynamic_batch=True)
+        batch = net.blobs[net.inputs[0]].shape[0] + 1
+        assert_agree(net, model, fill_inputs(net, rng, kinds, batch=batch), what="dynamic batch")
+    return net
+
+
+# -- the model-zoo golden cases (../shared/golden/zoo) --------------------------------
+
+ZOO = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "golden" / "zoo"
+
+
+def zoo_cases():
+    """Case ids of the zoo golden set (empty without ../shared)."""
+    import json
+    if not (ZOO / "cases.json").is_file():
+        return []
+    return [c["id"] for c in json.loads((ZOO / "cases.json").read_text())]
+
+
+def zoo_case(case_id):
+    """(deploy Net with the case's seeded weights, {input: values}, golden npz, case) via make_case.py."""
+    import sys
+    from solvers.onnx_export import deploy_net
+    if str(ZOO) not in sys.path:
+        sys.path.insert(0, str(ZOO))
+    import make_case
+    c = make_case.load_cases()[case_id]
+    param = read_net(str(ZOO / c["src"]["prototxt"]))
+    make_case.apply_edits(param, c["edits"], caffe_pb2)
+    weights = caffe_pb2.NetParameter()
+    for (name, blobs), rec in zip(make_case.make_weights(c["weights"]["records"], c["weights"]["seed"]),
+                                  c["weights"]["records"]):
+        lp = weights.layer.add(name=name, type=rec[1])
+        for a in blobs:
+            lp.blobs.add().MergeFromString(make_case._blob_bytes(a))
+    net, _ = deploy_net(param, weights)
+    inputs = make_case.make_inputs(c["inputs"]["specs"], c["inputs"]["seed"])
+    values = {n: inputs[n] for n in net.inputs}
+    golden = np.load(str(ZOO / (case_id + ".npz")))
+    return net, values, golden, c
