@@ -87,48 +87,41 @@ def deploy_param(net_param, input_shapes=None):
     param.CopyFrom(net_param)
     param.state.phase = caffe_pb2.TEST
     param = filter_net(param)
-    notes, layers = [], []
+    notes, kept, dropped_reads = [], [], set()
+    taken = {t for lp in param.layer for t in lp.top}
     for lp in param.layer:
-        if lp.type in DATA_TYPES or (lp.type == "Python" and not lp.bottom):
-            shapes = []
-            missing = [t for t in lp.top if t not in input_shapes]
-            if missing:
-                try:
-                    shapes = _data_top_shapes(lp)
-                except CaffeError as e:
-                    raise OnnxExportError(
-                        "layer %r (type %s): cannot read its data source to learn the shape of top %r "
-                        "(%s); give the shape, e.g. --input-shape %s:1,3,224,224"
-                        % (lp.name, lp.type, missing[0], e, missing[0])) from None
-            new = caffe_pb2.LayerParameter(name=lp.name, type="Input")
-            new.top.extend(lp.top)
-            for j, t in enumerate(lp.top):
-                new.input_param.shape.add().dim.extend(input_shapes.get(t, shapes[j] if shapes else ()))
-            notes.append("data layer %r (%s) became an Input layer" % (lp.name, lp.type))
-            layers.append(new)
-        elif lp.type == "Input":
-            new = caffe_pb2.LayerParameter()
-            new.CopyFrom(lp)
-            for j, t in enumerate(lp.top):
-                if t in input_shapes:
-                    if len(new.input_param.shape) <= j:
-                        new.input_param.shape.add()
-                    del new.input_param.shape[j].dim[:]
-                    new.input_param.shape[j].dim.extend(input_shapes[t])
-            layers.append(new)
-        elif lp.type == "SoftmaxWithLoss":
-            taken = {t for l in param.layer for t in l.top}
+        if lp.type == "SoftmaxWithLoss":
             top = "prob" if "prob" not in taken else lp.name + "_prob"
             new = caffe_pb2.LayerParameter(name=lp.name, type="Softmax", bottom=lp.bottom[:1], top=[top])
             if lp.HasField("softmax_param"):
                 new.softmax_param.CopyFrom(lp.softmax_param)
             notes.append("loss layer %r (SoftmaxWithLoss) became a Softmax with top %r" % (lp.name, top))
-            layers.append(new)
+            kept.append(new)
+            dropped_reads.update(lp.bottom[1:])
         elif _is_loss(lp) or lp.type in DROPPED_TYPES:
             notes.append("layer %r (%s) dropped" % (lp.name, lp.type))
+            dropped_reads.update(lp.bottom)
+        else:
+            kept.append(lp)
+    used = {b for lp in kept for b in lp.bottom}
+    unread = dropped_reads - used       # labels: read only by what was dropped
+    layers = []
+    for lp in kept:
+        if lp.type in DATA_TYPES or (lp.type == "Python" and not lp.bottom):
+            layers.append(_data_to_input(lp, unread, input_shapes, notes))
+        elif lp.type == "Input":
+            new = caffe_pb2.LayerParameter()
+            new.CopyFrom(lp)
+            for j, t in enumerate(lp.top):
+                if t in input_shapes:
+                    while len(new.input_param.shape) <= j:
+                        new.input_param.shape.add()
+                    del new.input_param.shape[j].dim[:]
+                    new.input_param.shape[j].dim.extend(input_shapes[t])
+            layers.append(new)
         else:
             layers.append(lp)
-    layers = _drop_unused_inputs(layers, notes)
+    layers = _drop_unused_inputs(layers, unread, notes)
     unknown = set(input_shapes) - {t for l in layers if l.type == "Input" for t in l.top}
     if unknown:
         raise OnnxExportError("input shape given for %s, but the net has no such input; inputs: %s"
@@ -140,13 +133,35 @@ def deploy_param(net_param, input_shapes=None):
     return param, notes
 
 
-def _drop_unused_inputs(layers, notes):
-    """Remove Input tops (labels) that no remaining layer reads."""
-    used = {b for l in layers for b in l.bottom}
+def _data_to_input(lp, unread, input_shapes, notes):
+    """An Input layer in place of data layer ``lp`` (its tops in ``unread`` are left out)."""
+    shapes = {}
+    missing = [t for t in lp.top if t not in unread and t not in input_shapes]
+    if missing:
+        try:
+            shapes = dict(zip(lp.top, _data_top_shapes(lp)))
+        except CaffeError as e:
+            raise OnnxExportError(
+                "layer %r (type %s): cannot read its data source to learn the shape of top %r (%s); "
+                "give the shape, e.g. --input-shape %s:1,3,224,224" % (lp.name, lp.type, missing[0], e, missing[0])) \
+                from None
+    new = caffe_pb2.LayerParameter(name=lp.name, type="Input")
+    for t in lp.top:
+        if t not in unread:
+            new.top.append(t)
+            new.input_param.shape.add().dim.extend(input_shapes.get(t, shapes.get(t)))
+        else:
+            notes.append("top %r of data layer %r dropped (only losses or accuracy read it)" % (t, lp.name))
+    notes.append("data layer %r (%s) became an Input layer" % (lp.name, lp.type))
+    return new
+
+
+def _drop_unused_inputs(layers, unread, notes):
+    """Remove Input tops (labels) that only dropped layers read."""
     out = []
     for lp in layers:
-        if lp.type == "Input" and any(t not in used for t in lp.top) and len(layers) > 1:
-            keep = [j for j, t in enumerate(lp.top) if t in used]
+        if lp.type == "Input" and any(t in unread for t in lp.top):
+            keep = [j for j, t in enumerate(lp.top) if t not in unread]
             for j, t in enumerate(lp.top):
                 if j not in keep:
                     notes.append("input %r dropped (only losses or accuracy read it)" % t)
@@ -239,8 +254,9 @@ class _Graph:
 class _Exporter:
     """Walks a built Net layer by layer and writes each as ONNX nodes."""
 
-    def __init__(self, net, opset, dynamic_batch):
+    def __init__(self, net, opset, dynamic_batch, extra_outputs=()):
         self.net, self.dynamic = net, dynamic_batch
+        self.extra_outputs = [b for b in extra_outputs if b not in net.outputs]
         self.g = _Graph(opset)
         self.tensor = {}            # Caffe blob name -> ONNX tensor holding its current value
         self.writes = {}            # blob name -> how many layers still write it
@@ -250,7 +266,7 @@ class _Exporter:
                 continue
             for t in net.top_names[net.layer_names[i]]:
                 self.writes[t] = self.writes.get(t, 0) + 1
-        self.g.names.update(self.writes)
+        self.g.names.update(net.blobs)
 
     # naming: the last write of a blob gets the blob's own name
     def out_name(self, blob):
@@ -301,7 +317,9 @@ class _Exporter:
                 results = [results]
             for t, r in zip(tops, results):
                 self.tensor[t] = r
-        for o in net.outputs:
+        for o in list(net.outputs) + self.extra_outputs:
+            if o not in self.tensor:
+                raise OnnxExportError("blob %r is no output of any layer exported" % o)
             if self.tensor[o] != o:   # an output that is another blob's value (a Split top)
                 g.op("Identity", [self.tensor[o]], o, out_names=[o])
             dims = list(self.shape(o))
@@ -804,8 +822,12 @@ class _Exporter:
 
 # -- public functions ----------------------------------------------------------------
 
-def net_to_onnx(net, opset=DEFAULT_OPSET, dynamic_batch=False):
-    """An onnx.ModelProto computing ``net``'s forward (a built solvers.net.Net, TEST phase, Input layers)."""
+def net_to_onnx(net, opset=DEFAULT_OPSET, dynamic_batch=False, extra_outputs=()):
+    """An onnx.ModelProto computing ``net``'s forward (a built solvers.net.Net, TEST phase, Input layers).
+
+    ``extra_outputs``: blob names to expose as graph outputs beside the net's own outputs
+    (their final values, as ``net.blobs[name].data`` holds after forward).
+    """
     _require_onnx()
     import onnx
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
@@ -815,12 +837,47 @@ def net_to_onnx(net, opset=DEFAULT_OPSET, dynamic_batch=False):
         if lp.type in DATA_TYPES or _is_loss(lp) or lp.type in DROPPED_TYPES:
             raise OnnxExportError("layer %r (type %s): export the deploy form (solvers.onnx_export."
                                   "deploy_net, or tools/export_onnx.py which derives it)" % (lp.name, lp.type))
-    model = _Exporter(net, opset, dynamic_batch).run()
+    unknown = [b for b in extra_outputs if b not in net.blobs]
+    if unknown:
+        raise OnnxExportError("extra outputs %s: the net has no such blob" % ", ".join(map(repr, unknown)))
+    model = _Exporter(net, opset, dynamic_batch, extra_outputs).run()
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise OnnxExportError("the exported model fails onnx.checker (a bug in the exporter): %s" % e) from None
     return model
+
+
+def forward_both(net, model, values):
+    """(ours, theirs): {output: array} from ``net``'s forward and ONNX Runtime's on ``values``.
+
+    ``values``: {input blob: float32 array}; the net is reshaped to them (e.g. another batch size).
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxExportError("checking with ONNX Runtime needs the onnxruntime package: "
+                              "pip install 'caffe-toolkit[onnx]'") from None
+    for name, v in values.items():
+        net.blobs[name].reshape(v.shape)
+    net.reshape()
+    for name, v in values.items():
+        net.blobs[name].data[...] = v
+    net.forward()
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    ours = {o: np.array(net.blobs[o].data) for o in names}
+    return ours, dict(zip(names, sess.run(names, values)))
+
+
+def rel_err(ours, theirs):
+    """max |ours - theirs| / max |ours| (inf when the shapes differ)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    if not ours.size:
+        return 0.0
+    return float(np.abs(ours - theirs).max() / (np.abs(ours).max() + 1e-12))
 
 
 def save_model(model, path):

@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 from netspec import caffe_pb2  # noqa: E402
 from netspec.io import read_net  # noqa: E402
 from solvers.net import Net  # noqa: E402
-from solvers.onnx_export import net_to_onnx  # noqa: E402
+from solvers.onnx_export import forward_both as run_both, net_to_onnx, rel_err  # noqa: E402,F401
 
 TOL = 1e-5
 
@@ -54,31 +54,6 @@ def fill_inputs(net, rng, kinds=None, batch=None):
             v = rng.standard_normal(shape)
         values[name] = np.ascontiguousarray(v, np.float32)
     return values
-
-
-def run_both(net, model, values):
-    """(ours, theirs): {output: array} from the toolkit's forward and ONNX Runtime's."""
-    for name, v in values.items():
-        net.blobs[name].reshape(v.shape)
-    net.reshape()
-    for name, v in values.items():
-        net.blobs[name].data[...] = v
-    net.forward()
-    ours = {o: net.blobs[o].data.copy() for o in net.outputs}
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, values)
-    theirs = dict(zip([o.name for o in sess.get_outputs()], got))
-    return ours, theirs
-
-
-def rel_err(ours, theirs):
-    ours = np.asarray(ours, np.float64)
-    theirs = np.asarray(theirs, np.float64)
-    if ours.shape != theirs.shape:
-        return float("inf")
-    if not ours.size:
-        return 0.0
-    return float(np.abs(ours - theirs).max() / (np.abs(ours).max() + 1e-12))
 
 
 def assert_agree(net, model, values, tol=TOL, what=""):
