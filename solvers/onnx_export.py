@@ -92,6 +92,7 @@ def deploy_param(net_param, input_shapes=None):
     for lp in param.layer:
         if lp.type == "SoftmaxWithLoss":
             top = "prob" if "prob" not in taken else lp.name + "_prob"
+            taken.add(top)
             new = caffe_pb2.LayerParameter(name=lp.name, type="Softmax", bottom=lp.bottom[:1], top=[top])
             if lp.HasField("softmax_param"):
                 new.softmax_param.CopyFrom(lp.softmax_param)
@@ -103,6 +104,7 @@ def deploy_param(net_param, input_shapes=None):
             dropped_reads.update(lp.bottom)
         else:
             kept.append(lp)
+    kept = _drop_dead_splits(kept, dropped_reads)
     used = {b for lp in kept for b in lp.bottom}
     unread = dropped_reads - used       # labels: read only by what was dropped
     layers = []
@@ -122,15 +124,29 @@ def deploy_param(net_param, input_shapes=None):
         else:
             layers.append(lp)
     layers = _drop_unused_inputs(layers, unread, notes)
-    unknown = set(input_shapes) - {t for l in layers if l.type == "Input" for t in l.top}
+    known = [t for lp in param.layer if lp.type in DATA_TYPES + ("Input",) or (lp.type == "Python" and not lp.bottom)
+             for t in lp.top]
+    unknown = set(input_shapes) - set(known)
     if unknown:
         raise OnnxExportError("input shape given for %s, but the net has no such input; inputs: %s"
-                              % (", ".join(sorted(unknown)),
-                                 ", ".join(t for l in layers if l.type == "Input" for t in l.top)))
+                              % (", ".join(sorted(unknown)), ", ".join(known)))
     del param.layer[:]
     param.layer.extend(layers)
     del param.input[:], param.input_shape[:], param.input_dim[:]
     return param, notes
+
+
+def _drop_dead_splits(layers, dropped_reads):
+    """Drop Split layers (those a built net inserts too) whose tops only dropped layers read."""
+    while True:
+        used = {b for lp in layers for b in lp.bottom}
+        dead = [lp for lp in layers if lp.type == "Split" and not any(t in used for t in lp.top)
+                and any(t in dropped_reads for t in lp.top)]
+        if not dead:
+            return layers
+        for lp in dead:
+            dropped_reads.update(lp.bottom)
+        layers = [lp for lp in layers if all(lp is not d for d in dead)]
 
 
 def _data_to_input(lp, unread, input_shapes, notes):
@@ -891,4 +907,27 @@ def export(prototxt, weights, out_path, opset=DEFAULT_OPSET, dynamic_batch=False
     net, notes = deploy_net(read_net(prototxt), weights, input_shapes)
     model = net_to_onnx(net, opset, dynamic_batch)
     save_model(model, out_path)
+    return notes
+
+
+def to_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False):
+    """Write a built Net (any phase, train nets too) as ONNX: pycaffe face's ``Net.to_onnx``.
+
+    A net with data layers or losses is first turned into its deploy form, its data tops
+    keeping the shapes they have in ``net``; returns the notes on what that changed.
+    """
+    _require_onnx()
+    notes = []
+    if any(lp.type in DATA_TYPES or _is_loss(lp) or lp.type in DROPPED_TYPES
+           or (lp.type == "Python" and not lp.bottom) for lp in net.net_param.layer):
+        shapes = {t: tuple(net.blobs[t].shape) for lp in net.net_param.layer
+                  if lp.type in DATA_TYPES or (lp.type == "Python" and not lp.bottom) for t in lp.top}
+        param, notes = deploy_param(net.net_param, shapes)
+        from solvers.net import Net
+        deployed = Net(param, phase="TEST")
+        deployed.copy_from(net.to_proto())
+        net = deployed
+    save_model(net_to_onnx(net, opset, dynamic_batch), path)
+    for note in notes:
+        log.info("to_onnx: %s", note)
     return notes

@@ -80,37 +80,14 @@ def check_layers(layers_text, inputs, kinds=None, seed=0, dynamic=True, phase="T
     return net
 
 
-# -- the model-zoo golden cases (../shared/golden/zoo) --------------------------------
-
-ZOO = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "golden" / "zoo"
-
-
-def zoo_cases():
-    """Case ids of the zoo golden set (empty without ../shared)."""
-    import json
-    if not (ZOO / "cases.json").is_file():
-        return []
-    return [c["id"] for c in json.loads((ZOO / "cases.json").read_text())]
-
+# -- the model-zoo golden cases (../shared/golden/zoo, through tests/zoo_cases.py) --------
 
 def zoo_case(case_id):
-    """(deploy Net with the case's seeded weights, {input: values}, golden npz, case) via make_case.py."""
-    import sys
+    """(deploy Net with the case's seeded weights, {input: values}) for a zoo case."""
+    import zoo_cases
     from solvers.onnx_export import deploy_net
-    if str(ZOO) not in sys.path:
-        sys.path.insert(0, str(ZOO))
-    import make_case
-    c = make_case.load_cases()[case_id]
-    param = read_net(str(ZOO / c["src"]["prototxt"]))
-    make_case.apply_edits(param, c["edits"], caffe_pb2)
-    weights = caffe_pb2.NetParameter()
-    for (name, blobs), rec in zip(make_case.make_weights(c["weights"]["records"], c["weights"]["seed"]),
-                                  c["weights"]["records"]):
-        lp = weights.layer.add(name=name, type=rec[1])
-        for a in blobs:
-            lp.blobs.add().MergeFromString(make_case._blob_bytes(a))
-    net, _ = deploy_net(param, weights)
-    inputs = make_case.make_inputs(c["inputs"]["specs"], c["inputs"]["seed"])
-    values = {n: inputs[n] for n in net.inputs}
-    golden = np.load(str(ZOO / (case_id + ".npz")))
-    return net, values, golden, c
+    prototxt, weights, inputs = zoo_cases.case_files(case_id)
+    net, _ = deploy_net(read_net(str(prototxt)), str(weights))
+    with np.load(str(inputs)) as feed:
+        values = {n: feed[n] for n in net.inputs}
+    return net, values

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from onnx_helpers import check_layers, input_net  # skips the module without the onnx extra
-from hypothesis import HealthCheck, given, settings, strategies as st
+hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (in the test extra) is not installed")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from netspec.errors import CaffeError
 from solvers.net import Net
@@ -421,3 +422,12 @@ def test_other_opsets_agree(opset):
     rng = np.random.RandomState(0)
     randomise(net, rng)
     assert_agree(net, net_to_onnx(net, opset=opset), fill_inputs(net, rng))
+
+
+def test_pool_window_outside_the_input_is_refused():
+    """Pad 0, ceil rounding: the last window starts past the input; Caffe's value there is no number."""
+    text = L("Pooling", "pooling_param { pool: MAX kernel_size: 1 stride: 2 }", name="pool")
+    net = Net(input_net(text, [("data", (1, 1, 2, 2))]), phase="TEST")
+    assert tuple(net.blobs["out"].shape[2:]) == (2, 2)     # Caffe's ceil((2 - 1) / 2) + 1
+    with pytest.raises(OnnxExportError, match=r"layer 'pool' \(type Pooling\): its last window lies wholly outside"):
+        net_to_onnx(net)

@@ -125,6 +125,12 @@ def _set_input_arrays(self, data, labels):
     self.layers[0].set_input_arrays(data, labels.reshape(len(labels)))
 
 
+def _to_onnx(self, path, opset=None, dynamic_batch=False):
+    """Write this net and its weights as an ONNX model (see solvers.onnx_export.to_onnx)."""
+    from solvers import onnx_export
+    return onnx_export.to_onnx(self, path, opset or onnx_export.DEFAULT_OPSET, dynamic_batch)
+
+
 def _share_weights(self, net):
     """pycaffe's Solver.share_weights: ``net`` uses this solver's trained weights."""
     net.share_with(self.net)
@@ -150,7 +156,7 @@ def _load_hdf5(self, filename):
 
 _NET_METHODS = {"_batch": _batch, "forward_all": _forward_all,
                 "forward_backward_all": _forward_backward_all, "set_input_arrays": _set_input_arrays,
-                "save_hdf5": _save_hdf5, "load_hdf5": _load_hdf5}
+                "save_hdf5": _save_hdf5, "load_hdf5": _load_hdf5, "to_onnx": _to_onnx}
 _SOLVER_METHODS = {"share_weights": _share_weights}
 
 
