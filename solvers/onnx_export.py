@@ -384,14 +384,12 @@ class _Exporter:
         shape = self.shape(bottoms[0])
         axis = p.axis % len(shape)
         weight = w[0] if not p.transpose else w[0].T   # (num_output, K)
-        if axis == 1 or (axis == 0 and len(shape) == 1):
-            flat = self.g.op("Flatten", [xs[0]], lp.name + "_flat", axis=axis)
+        if axis == 1:
+            flat = self.g.op("Flatten", [xs[0]], lp.name + "_flat", axis=1) if len(shape) > 2 else xs[0]
             ins = [flat, self.g.const(lp.name + "_W", weight)]
             if p.bias_term:
                 ins.append(self.g.const(lp.name + "_B", w[1]))
-            y = self.g.op("Gemm", ins, lp.name + "_gemm", transB=1) if axis == 1 else None
-            if axis == 1:
-                return self.finish(y, tops[0])
+            return self.emit("Gemm", ins, tops[0], transB=1)
         # general axis: keep the leading axes, flatten the rest, multiply
         flat = self.g.reshape(xs[0], [0] * axis + [-1], lp.name + "_flat")
         y = self.g.op("MatMul", [flat, self.g.const(lp.name + "_Wt", np.ascontiguousarray(weight.T))],

@@ -91,3 +91,30 @@ def zoo_case(case_id):
     with np.load(str(inputs)) as feed:
         values = {n: feed[n] for n in net.inputs}
     return net, values
+
+
+def round_trip(net, tmp_path=None, dynamic=False):
+    """The net exported to ONNX and imported back: a new Net with the imported weights."""
+    from solvers.onnx_import import onnx_to_caffe
+    model = net_to_onnx(net, dynamic_batch=dynamic)
+    param, weights = onnx_to_caffe(model, {n: net.blobs[n].shape for n in net.inputs})
+    back = Net(param, phase="TEST")
+    back.copy_from(weights)
+    return back
+
+
+def assert_same_outputs(net, back, values, tol=TOL):
+    """Both nets' outputs (by name) on the same inputs agree at rel ``tol``."""
+    outs = {}
+    for n_ in (net, back):
+        for name, v in values.items():
+            n_.blobs[name].reshape(v.shape)
+        n_.reshape()
+        for name, v in values.items():
+            n_.blobs[name].data[...] = v
+        n_.forward()
+        outs[n_] = {o: n_.blobs[o].data.copy() for o in n_.outputs}
+    assert set(outs[net]) <= set(outs[back]), (net.outputs, back.outputs)
+    for o in outs[net]:
+        err = rel_err(outs[net][o], outs[back][o])
+        assert err <= tol, "output %r after the round trip: rel err %.3g" % (o, err)
