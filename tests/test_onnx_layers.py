@@ -338,7 +338,22 @@ def recurrent(draw):
     return L(type_, p, bottoms=bottoms, tops=tops), inputs, {"cont": "cont"}, False
 
 
+@st.composite
+def conv_3d(draw, type_="Convolution"):
+    k, s, p = draw(ints(1, 2)), draw(ints(1, 2)), draw(ints(0, 1))
+    return L(draw(st.sampled_from(["Convolution", "Deconvolution"])),
+             "convolution_param { num_output: 2 kernel_size: %d stride: %d pad: %d }" % (k, s, p)), \
+        [("data", (2, 2, 3, 4, 3))], {}, True
+
+
+def parameter():
+    text = (L("Parameter", "parameter_param { shape { dim: 2 dim: 3 } }", bottoms=(), tops=("p",), name="p")
+            + L("TanH", "", bottoms=("data",), tops=("t",), name="t"))
+    return st.just((text, [("data", (2, 3))], {}, True))
+
+
 STRATEGIES = {
+    "Convolution_3d": conv_3d(), "Parameter": parameter(),
     "Convolution": conv(), "Convolution_square": conv_square(), "Deconvolution": conv("Deconvolution"),
     "InnerProduct": inner_product(), "Pooling": pooling(),
     "ReLU": relu(), "PReLU": prelu(), "ELU": elu(), "Sigmoid": neuron("Sigmoid"), "TanH": neuron("TanH"),
