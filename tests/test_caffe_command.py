@@ -136,3 +136,16 @@ def test_device_query_prints_each_gpus_properties(monkeypatch, capsys):
     assert re.search(r"Concurrent copy and execution: +Yes", err)
     assert caffe_tool.main(["device_query", "--gpu=5"]) == 1
     assert "cannot query GPU 5" in capsys.readouterr().err
+
+
+def test_every_cli_flag_takes_the_gflags_spellings():
+    """Flags added to solvers/cli.py (signals, MPI, ...) work as -flag v, -flag=v, --flag=v."""
+    from solvers import cli
+    parser = cli.build_parser("caffe")
+    names = [o[2:] for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
+    assert {"solver", "weights", "snapshot", "gpu", "iterations", "sigint_effect"} <= set(names)
+    for name in names:
+        assert cli._normalise_flags(["-%s=v" % name, "-" + name, "--%s=v" % name], parser) == \
+            ["--%s=v" % name, "--" + name, "--%s=v" % name]
+    args = cli.parse_args(["train", "-solver=s.prototxt", "-sighup_effect", "stop", "-gpu=0"], "caffe")
+    assert (args.solver, args.sighup_effect, args.gpu) == ("s.prototxt", "stop", "0")

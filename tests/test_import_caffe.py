@@ -241,6 +241,30 @@ def test_save_hdf5_and_load_hdf5_round_trip(tmp_path):
             assert np.abs(mine.data - theirs.data).sum() == 0
 
 
+SHARED = """name: 'shared'
+layer { type: 'Input' name: 'data' top: 'data' input_param { shape { dim: 2 dim: 4 } } }
+layer { type: 'InnerProduct' name: 'ip1' bottom: 'data' top: 'ip1' param { name: 'w' }
+  inner_product_param { num_output: 4 bias_term: false weight_filler { type: 'gaussian' } } }
+layer { type: 'InnerProduct' name: 'ip2' bottom: 'ip1' top: 'ip2' param { name: 'w' }
+  inner_product_param { num_output: 4 bias_term: false weight_filler { type: 'gaussian' } } }
+"""
+
+
+def test_hdf5_weights_of_shared_params_are_written_once(tmp_path):
+    """Caffe's ToHDF5 writes a shared blob under its owner only; loading fills the sharer too."""
+    h5py = pytest.importorskip("h5py", reason="HDF5 weights need h5py")
+    import numpy as np
+    (tmp_path / "shared.prototxt").write_text(SHARED)
+    net = caffe.Net(str(tmp_path / "shared.prototxt"), caffe.TEST)
+    net.save_hdf5(str(tmp_path / "w.h5"))
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        assert list(f["data/ip1"]) == ["0"] and list(f["data/ip2"]) == []
+    other = caffe.Net(str(tmp_path / "shared.prototxt"), caffe.TEST)
+    other.params["ip1"][0].data[...] = 0
+    other.load_hdf5(str(tmp_path / "w.h5"))
+    assert np.array_equal(other.params["ip2"][0].data, net.params["ip1"][0].data)
+
+
 def test_load_hdf5_of_another_net_names_the_layer(tmp_path):
     pytest.importorskip("h5py", reason="HDF5 weights need h5py")
     from netspec.errors import NetError
