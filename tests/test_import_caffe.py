@@ -50,6 +50,20 @@ def test_submodules_are_the_facades_own_objects():
     assert L is caffe.net_spec.layers and P is caffe.net_spec.params
 
 
+def test_a_submodule_imported_first_is_still_the_facades():
+    """``from caffe.proto import caffe_pb2`` / ``import caffe.io`` as a program's first import."""
+    code = """
+        from caffe.proto import caffe_pb2
+        import caffe.io, caffe.coord_map
+        import netspec.caffe_pb2, solvers.caffe
+        assert caffe_pb2 is netspec.caffe_pb2
+        assert caffe.io is solvers.caffe.io and caffe.coord_map is solvers.caffe.coord_map
+        print("same")
+    """
+    res = _python(code, ROOT, [ROOT])
+    assert res.returncode == 0 and res.stdout.strip() == "same", res.stderr
+
+
 def test_toolkit_marker_says_which_caffe_this_is():
     assert caffe.toolkit.startswith("caffe-toolkit ")
     assert Path(caffe.__file__).resolve().parent == ROOT / "solvers" / "caffe"
