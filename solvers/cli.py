@@ -397,28 +397,44 @@ def train(args, stderr=None):
     if args.snapshot and args.weights:
         raise UsageError("give a snapshot to resume training (--snapshot) or weights to fine-tune "
                          "(--weights), not both")
+    from solvers import data_parallel
     from solvers.solver import read_solver_param
-    param = read_solver_param(args.solver)
-    if args.level:
-        param.train_state.level = args.level
-    if args.stages:
-        param.train_state.stage.extend(args.stages)
-    if args.iterations is not None:
-        param.max_iter = args.iterations
-    weights = _weights_list(args.weights)
-    for w in weights:
-        _check_file(w, "--weights file")
-    if args.snapshot:
-        _check_file(args.snapshot, "--snapshot solver state")
-    gpus = _gpus_for_solver(args, param)
+    parallel = data_parallel.multiprocess()
+    with data_parallel.all_or_none("reading the solver and the files it names"):
+        param = read_solver_param(args.solver)
+        if args.level:
+            param.train_state.level = args.level
+        if args.stages:
+            param.train_state.stage.extend(args.stages)
+        if args.iterations is not None:
+            param.max_iter = args.iterations
+        weights = _weights_list(args.weights)
+        if data_parallel.root_solver():   # under MPI rank 0 reads them and sends the weights
+            for w in weights:
+                _check_file(w, "--weights file")
+            if args.snapshot:
+                _check_file(args.snapshot, "--snapshot solver state")
+        gpus = _gpus_for_solver(args, param)
+        if parallel and args.backend == "caffe":
+            raise UsageError("--backend caffe trains in one process; run it without mpirun")
+        if parallel and gpus:   # one GPU per rank, picked by the rank's index on its host
+            gpus = [gpus[data_parallel.local_rank() % len(gpus)]]
     if args.backend == "caffe":
         from solvers import caffe_backend
         return caffe_backend.train(args.solver, param, weights=weights, snapshot=args.snapshot,
                                    gpus=gpus, sigint_effect=args.sigint_effect)
-    _use_devices(gpus)
+    with data_parallel.all_or_none("choosing the device"):
+        _use_devices(gpus)
     from solvers.sgd_solvers import get_solver
-    with SignalHandler(args.sigint_effect, args.sighup_effect, args.sigterm_effect) as signals:
-        solver = get_solver(param, weights=weights or None)
+    signals = SignalHandler(args.sigint_effect, args.sighup_effect, args.sigterm_effect)
+    if parallel:   # mpirun's ways with signals (Ctrl-C reaches the ranks as SIGTERM)
+        data_parallel.adapt_signals(signals)
+    with signals:
+        if parallel:
+            solver = data_parallel.get_solver(param, weights=weights or None)
+            solver.signals = signals
+        else:
+            solver = get_solver(param, weights=weights or None)
         solver.action_request = signals.action
         bar = _attach_progress_bar(solver, stderr)
         if args.snapshot:
@@ -573,6 +589,8 @@ def main(argv=None, prog="solve.py"):
     stream = _BarStream(stderr) if _isatty(stderr) else stderr
     try:
         args = parse_args(argv, prog)
+        if args.command == "train" and _join_mpi_job():
+            return _run_parallel(args, stream, prog)
         with _logging_to(stream, args.log) as file_handler:
             try:
                 return _run(args, stream)
@@ -606,6 +624,49 @@ def main(argv=None, prog="solve.py"):
     finally:
         if mode == "CPU" and backend.mode() != "CPU":
             backend.set_mode_cpu()
+
+
+def _join_mpi_job():
+    """Started by mpirun as several processes: join the MPI job (solvers/data_parallel.py)."""
+    from solvers import data_parallel
+    if data_parallel.launched_size() <= 1:
+        return False
+    data_parallel.set_multiprocess()
+    return data_parallel.solver_count() > 1
+
+
+def _run_parallel(args, stream, prog):
+    """``train`` as one rank of an MPI job: rank 0 logs (and writes --log); no rank may hang.
+
+    An error every rank raised together (a failed pre-flight check, a NaN
+    loss) is reported once by rank 0 and all exit with status 1; an error on
+    one rank alone ends the whole job through MPI_Abort, naming the rank.
+    """
+    from solvers import data_parallel
+    root = data_parallel.root_solver()
+    try:
+        with _logging_to(stream, args.log if root else None) as file_handler:
+            data_parallel.quiet_other_ranks()
+            try:
+                return _run(args, stream)
+            except (CaffeError, OSError) as e:
+                if not getattr(e, "all_ranks", False):
+                    raise
+                if args.debug and root:
+                    raise
+                if root:
+                    _report(e, prog, args.command, file_handler)
+                data_parallel.communicator().Barrier()   # rank 0 has said why before anyone exits
+                return 1
+    except KeyboardInterrupt:
+        data_parallel.abort(CaffeError("aborted (interrupt); no snapshot was written for this "
+                                       "iteration"), sys.stderr)
+    except BaseException as e:   # anything else on one rank: the others must not wait for it
+        if args.debug:
+            import traceback
+            traceback.print_exc()
+        data_parallel.abort(e, sys.stderr)
+    return 1
 
 
 def _run(args, stream):

@@ -8,7 +8,8 @@ uninterrupted one. The side file keeps both::
      "state_sha256": "9f...",             # the digest of that solver state file
      "rng": {...},                        # NumPy's PCG64 state, or null
      "train_net": {"data": {...}},        # layer name -> that layer's get_state()
-     "test_nets": [{"data": {...}}]}
+     "test_nets": [{"data": {...}}],
+     "ranks": [{"rng": ..., "train_net": ...}, ...]}   # data-parallel runs only: every rank's own
 
 It is machine-written, so anything else in it means a damaged or foreign
 file. ``check`` validates the structure against ``SCHEMA`` before anything
@@ -138,7 +139,9 @@ SCHEMA = Record(
         "train_net": MapOf(AnyJSON),
         "test_nets": ListOf(MapOf(AnyJSON)),
     },
-    optional={"state_sha256": Text(r"[0-9a-f]{64}", "a SHA-256 digest in hex")},
+    optional={"state_sha256": Text(r"[0-9a-f]{64}", "a SHA-256 digest in hex"),
+              # solvers/data_parallel.py: each rank's data position and generator, rank 0 first
+              "ranks": ListOf(Record({"rng": Nullable(RNG_STATE), "train_net": MapOf(AnyJSON)}))},
 )
 
 

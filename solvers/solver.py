@@ -246,6 +246,11 @@ class Solver:
         if arrays:
             raise SolverError("%s holds history blobs but this solver keeps none" % where)
 
+    def share_gradients(self, loss):
+        """Where data-parallel solvers average the diffs and the loss over their processes
+        (solvers/data_parallel.py); one process has nothing to share."""
+        return loss
+
     # -- callbacks and requests ------------------------------------------------------
     def add_callback(self, on_start, on_gradients_ready=None):
         """pycaffe's add_callback: two callables, or one object with both methods."""
@@ -290,6 +295,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += np.float32(self.net.forward_backward())
             loss /= np.float32(p.iter_size)
+            loss = self.share_gradients(loss)
             if not math.isfinite(float(loss)):
                 self._stop_on_bad_loss(float(loss))
             self.losses.append(float(loss))

@@ -39,8 +39,12 @@ def set_rng_state(rng, state):
 class DatumBatchSource(BatchSource):
     """Batches of Datum records read in key order from a database cursor (wrapping)."""
 
-    def __init__(self, cursor, transformer, batch_size, with_label, where, rng=None):
+    def __init__(self, cursor, transformer, batch_size, with_label, where, rng=None, share=(0, 1)):
         self.cursor = cursor
+        # share (rank, count): read only records rank, rank+count, ... (Caffe's DataLayer::Skip)
+        self.share_rank, self.share_count = int(share[0]), int(share[1])
+        for _ in range(self.share_rank):
+            cursor.next()
         self.transformer = transformer
         self.batch_size = int(batch_size)
         self.with_label = with_label
@@ -60,7 +64,8 @@ class DatumBatchSource(BatchSource):
         for _ in range(self.batch_size):
             keys.append(self.cursor.key)
             datums.append(self._parse(self.cursor.value, keys[-1]))
-            self.cursor.next()
+            for _ in range(self.share_count):
+                self.cursor.next()
         if self.cursor.wrapped != wrapped:
             log.info("Restarting data prefetching from start.")
         x = datums_to_batch(datums, self.transformer.decode_color, "%s: batch from record %d"

@@ -115,8 +115,10 @@ class DataLayer(_PrefetchingData):
     """Datum records from an LMDB, in key order from the first, wrapping at the end."""
 
     def layer_setup(self, bottom, top):
+        from netspec import caffe_pb2
         from solvers.data.sources import DatumBatchSource, child_rng
         from solvers.data.transformer import DataTransformer
+        from solvers.data_parallel import record_share
         p = self.layer_param.data_param
         if p.batch_size <= 0:
             raise DataError("%s: data_param.batch_size must be positive, got %d"
@@ -131,15 +133,19 @@ class DataLayer(_PrefetchingData):
         rng = child_rng()
         if p.rand_skip:
             cursor.skip(int(rng.integers(p.rand_skip)))
+        share = record_share() if self.phase == caffe_pb2.TRAIN else (0, 1)
         try:
             source = DatumBatchSource(cursor, transformer, p.batch_size, len(top) > 1,
-                                      "%s: source %r" % (self.where(), p.source), rng)
+                                      "%s: source %r" % (self.where(), p.source), rng, share)
         except Exception:
             cursor.close()
             getattr(db, "release", db.close)()
             raise
         log.info("Opened %s %s", "lmdb" if p.backend == p.LMDB else "leveldb", p.source)
         log.info("output data size: %s", ",".join(str(d) for d in source.top_shape))
+        if share[1] > 1:
+            log.info("Reading records %d, %d, ... of every %d (rank %d of %d processes)",
+                     share[0], share[0] + share[1], share[1], share[0], share[1])
         self.start_prefetch(source, p.prefetch)
 
 
