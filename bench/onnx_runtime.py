@@ -87,7 +87,7 @@ def main(argv=None):
         batch = next(iter(values.values())).shape[0]
         print("%-22s %8d %12.1f %12.1f %7.1fx %10.2g" % (case_id, batch, ours_t * 1e3, theirs_t * 1e3,
                                                          ours_t / theirs_t, diff), flush=True)
-        del net, model, sess
+        del net, model
     print("ratio = toolkit time / ONNX Runtime time (above 1: ONNX Runtime is faster)")
     return 0
 

@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from netspec import caffe_pb2
-from netspec.errors import CaffeError, NetError
+from netspec.errors import CaffeError
 from netspec.io import atomic_write_bytes, read_net
 from solvers.net_state import filter_net
 
@@ -87,6 +87,8 @@ def deploy_param(net_param, input_shapes=None):
     param.CopyFrom(net_param)
     param.state.phase = caffe_pb2.TEST
     param = filter_net(param)
+    for lp in param.layer:
+        lp.ClearField("phase")     # the deploy form runs every layer as in TEST (Dropout: identity)
     notes, kept, dropped_reads = [], [], set()
     taken = {t for lp in param.layer for t in lp.top}
     for lp in param.layer:
@@ -596,8 +598,6 @@ class _Exporter:
             target = self._broadcast_shape(shape, axis, n_axes)
             other = self.g.const(lp.name + ("_gamma" if op_type == "Mul" else "_beta"), params[0].reshape(target))
             extra = params[1:]
-            if op_type == "Mul" and has_extra_bias:
-                pass
         y = self.g.op(op_type, [xs[0], other], lp.name + "_" + op_type.lower())
         if has_extra_bias and extra:
             y = self.g.op("Add", [y, self.g.const(lp.name + "_beta", extra[-1].reshape(target))], lp.name + "_add")
@@ -679,10 +679,7 @@ class _Exporter:
         axis = p.axis if p.axis >= 0 else len(shape) + 1 + p.axis
         n_axes = len(shape) - axis if p.num_axes == -1 else p.num_axes
         dims = list(p.shape.dim)
-        tail = list(shape[axis + n_axes:])
-        target = [0] * axis + dims + tail
-        if len(dims) != n_axes and tail:
-            target = [0] * axis + dims + tail     # trailing dims are static
+        target = [0] * axis + dims + list(shape[axis + n_axes:])   # trailing dims static
         if axis == 0 and 0 not in dims[:1]:
             if -1 not in target:
                 raise self.error(lp, "reshapes the batch axis away; export without --dynamic-batch")
@@ -738,8 +735,6 @@ class _Exporter:
         return self.finish(y, tops[0])
 
     def layer_Parameter(self, lp, layer, xs, bottoms, tops):
-        if self.dynamic:
-            pass   # a parameter has no batch axis
         return self.emit("Identity", [self.g.const(lp.name + "_value", self.params(layer)[0])], tops[0])
 
     # -- recurrent ----------------------------------------------------------------------
@@ -896,6 +891,9 @@ def rel_err(ours, theirs):
 
 def save_model(model, path):
     """Write the model atomically (a temporary name, then rename)."""
+    if model.ByteSize() >= 2 ** 31:
+        raise OnnxExportError("%s: the model holds %.1f GB, over protobuf's 2 GB limit for one ONNX file"
+                              % (path, model.ByteSize() / 1e9))
     atomic_write_bytes(os.fspath(path), model.SerializeToString())
 
 
@@ -916,11 +914,15 @@ def to_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False):
     """
     _require_onnx()
     notes = []
-    if any(lp.type in DATA_TYPES or _is_loss(lp) or lp.type in DROPPED_TYPES
+    if any(lp.type in DATA_TYPES or _is_loss(lp) or lp.type in DROPPED_TYPES or lp.phase != caffe_pb2.TEST
            or (lp.type == "Python" and not lp.bottom) for lp in net.net_param.layer):
         shapes = {t: tuple(net.blobs[t].shape) for lp in net.net_param.layer
                   if lp.type in DATA_TYPES or (lp.type == "Python" and not lp.bottom) for t in lp.top}
-        param, notes = deploy_param(net.net_param, shapes)
+        built = caffe_pb2.NetParameter()
+        built.CopyFrom(net.net_param)
+        for lp in built.layer:     # the layers this net chose: no rule may drop them again
+            del lp.include[:], lp.exclude[:]
+        param, notes = deploy_param(built, shapes)
         from solvers.net import Net
         deployed = Net(param, phase="TEST")
         deployed.copy_from(net.to_proto())

@@ -52,7 +52,10 @@ class _Importer:
                 d.Clear()
                 d.dim_value = int(v)
             self.input_shapes[vi.name] = tuple(int(v) for v in dims)
-        inferred = shape_inference.infer_shapes(fixed)
+        try:
+            inferred = shape_inference.infer_shapes(fixed, strict_mode=True)
+        except Exception as e:   # onnx raises its own InferenceError and others
+            raise OnnxImportError("the ONNX model fails shape inference: %s" % e) from None
         self.shapes = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
             t = vi.type.tensor_type
@@ -143,7 +146,10 @@ class _Importer:
             method = getattr(self, "op_" + node.op_type, None)
             if method is None:
                 raise self.error(node, "no Caffe layer computes this operator")
-            method(node, self.attrs(node))
+            try:
+                method(node, self.attrs(node))
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+                raise self.error(node, "malformed or unsupported form (%s: %s)" % (type(e).__name__, e)) from None
         for o in self.outputs:
             if o in self.pending:
                 raise OnnxImportError("graph output %r is %s, not a value Caffe layers compute" % (o, self.pending[o][0]))
@@ -615,9 +621,7 @@ def onnx_to_caffe(model, input_shapes=None):
         path = str(model)
         try:
             model = onnx.load(path)
-        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, Exception) as e:
-            if isinstance(e, CaffeError):
-                raise
+        except Exception as e:     # a missing file, or bytes that are no ModelProto
             raise OnnxImportError("%s: cannot read an ONNX model (%s)" % (path, e)) from None
     return _Importer(model, dict(input_shapes or {})).run()
 

@@ -9,7 +9,7 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e '.[onnx]')")
 
-from netspec import caffe_pb2  # noqa: E402
+
 from netspec.io import read_net  # noqa: E402
 from solvers.net import Net  # noqa: E402
 from solvers.onnx_export import forward_both as run_both, net_to_onnx, rel_err  # noqa: E402,F401

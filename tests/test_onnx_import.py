@@ -3,12 +3,12 @@ ONNX form maps back onto Caffe layers, for LeNet and the zoo nets; what cannot m
 import numpy as np
 import pytest
 
-from onnx_helpers import assert_same_outputs, fill_inputs, input_net, onnx, randomise, round_trip
+from onnx_helpers import assert_same_outputs, fill_inputs, input_net, randomise, round_trip
 from helpers import GOLDEN, ROOT, need_golden
 
 from netspec.io import read_net
 from solvers.net import Net
-from solvers.onnx_export import deploy_net, net_to_onnx
+from solvers.onnx_export import deploy_net
 from solvers.onnx_import import OnnxImportError, onnx_to_caffe
 
 
@@ -191,3 +191,18 @@ def test_zoo_round_trip(case_id):
     net, values = zoo_case(case_id)
     back = round_trip(net)
     assert_same_outputs(net, back, values)
+
+
+def test_malformed_model_is_one_clear_error(tmp_path):
+    from onnx import TensorProto, helper
+    # Concat of tensors whose shapes disagree: shape inference fails
+    graph = helper.make_graph([helper.make_node("Concat", ["a", "b"], ["y"], axis=1)], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2, 3]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxImportError, match="shape inference"):
+        onnx_to_caffe(model)
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not a model")
+    with pytest.raises(OnnxImportError, match="junk.onnx: cannot read an ONNX model"):
+        onnx_to_caffe(str(tmp_path / "junk.onnx"))

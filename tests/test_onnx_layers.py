@@ -13,7 +13,7 @@ from netspec.errors import CaffeError
 from solvers.net import Net
 from solvers.onnx_export import OnnxExportError, net_to_onnx
 
-SETTINGS = settings(max_examples=int(os.environ.get('ONNX_TEST_EXAMPLES', 40)), deadline=None, derandomize=True,
+SETTINGS = settings(database=None, max_examples=int(os.environ.get('ONNX_TEST_EXAMPLES', 40)), deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 ints = st.integers
