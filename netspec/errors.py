@@ -58,3 +58,28 @@ def resolved_path(path):
     """
     import os
     return "(resolved: %s, working directory: %s)" % (os.path.abspath(path), os.getcwd())
+
+
+def os_error_text(error, path=None, say_where=True):
+    """What went wrong in an OSError (or a library's I/O error), for a one-line message.
+
+    A full disk is said in so many words: ENOSPC, or any write error on a
+    file system with (almost) no free space left (liblmdb, for one, reports a
+    full disk as an I/O error). ``path`` is where the write went; it is named
+    at the end unless ``say_where`` is false.
+    """
+    import errno
+    import os
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    where = getattr(error, "filename", None) or path
+    full = getattr(error, "errno", None) == errno.ENOSPC
+    if where and not full:
+        folder = where if os.path.isdir(where) else os.path.dirname(os.path.abspath(where))
+        try:
+            st = os.statvfs(folder)
+            full = st.f_bavail * st.f_frsize < (1 << 20)
+        except (AttributeError, OSError):
+            pass
+    if full:
+        reason = "no space left on device" + ("" if "space" in reason.lower() else "; the system said: " + reason)
+    return "%s%s" % (reason, " (%s)" % where if where and say_where else "")

@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from netspec import caffe_pb2
 from netspec.atomic import AtomicFile
 from netspec.descriptor_compat import is_repeated
 from netspec.errors import BlobShapeError, ProtoError
+from netspec.shapes import shape_count
 from netspec.upgrade import upgrade_net, upgrade_solver
 
 __all__ = [
@@ -54,9 +56,25 @@ def _describe_path(path):
             f"working directory: {os.getcwd()!r}")
 
 
+_NOT_REGULAR = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device")]
+
+
 def _read_bytes(path, what):
+    """The bytes of a regular file; anything else (a FIFO would block for ever) is a ProtoError.
+
+    The file is opened without blocking and checked through its descriptor,
+    so what is checked is what is read.
+    """
     try:
-        with open(os.fspath(path), "rb") as f:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+                raise ProtoError(f"cannot read {what}: it is {kind}, not a regular file "
+                                 f"({_describe_path(path)})")
             return f.read()
     except FileNotFoundError:
         raise ProtoError(f"cannot read {what}: no such file ({_describe_path(path)})") from None
@@ -551,12 +569,11 @@ def blobproto_to_array(blob, return_diff=False):
     else:
         values = blob.data if len(blob.data) else blob.double_data
         what = "data"
-    array = np.asarray(values, dtype=np.float32)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if array.size != count:
-        raise BlobShapeError(f"BlobProto {what} holds {array.size} values but its shape "
+    count = shape_count(shape, "BlobProto", BlobShapeError)
+    if len(values) != count:
+        raise BlobShapeError(f"BlobProto {what} holds {len(values)} values but its shape "
                              f"{list(shape)} needs {count}")
-    return array.reshape(shape)
+    return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
 def _varint(value):

@@ -1,5 +1,6 @@
 """Blob: Caffe's N-d float32 array pair (``data`` and ``diff``)."""
 from netspec.errors import CaffeError
+from netspec.shapes import shape_count
 from solvers.backend import default_xp, to_numpy
 
 MAX_AXES = 32
@@ -34,13 +35,13 @@ class Blob:
         shape = tuple(int(s) for s in shape)
         if len(shape) > MAX_AXES:
             raise CaffeError("blob shape %s has more than %d axes" % (shape, MAX_AXES))
-        if any(s < 0 for s in shape):
-            raise CaffeError("blob shape %s has a negative dimension" % (shape,))
-        count = 1
-        for s in shape:
-            count *= s
+        count = shape_count(shape, "blob")
         if count > self._data_buf.size:
-            self._data_buf = self.xp.zeros(count, dtype=self.xp.float32)
+            try:
+                self._data_buf = self.xp.zeros(count, dtype=self.xp.float32)
+            except MemoryError:
+                raise CaffeError("blob of shape %s needs %.1f GB: out of memory"
+                                 % (list(shape), count * 4 / 1e9)) from None
             self._diff_store = None
             self._diff_size = count
         self._shape = shape

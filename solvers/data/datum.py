@@ -8,6 +8,7 @@ returns C x H x W arrays, as the Data layer and Caffe's ``caffe.io`` do.
 import numpy as np
 
 from netspec.errors import DataError
+from netspec.shapes import shape_count
 
 
 def _pb2():
@@ -43,6 +44,12 @@ def array_to_datum(arr, label=None):
     return datum
 
 
+def opencv_reason(error):
+    """The useful part of a cv2.error ("could not find encoder ..."), on one line."""
+    text = " ".join(str(error).split())
+    return text.split("error: (", 1)[-1].split(") ", 1)[-1]
+
+
 def decode_image_bytes(buf, color=None, where="encoded image"):
     """PNG/JPEG bytes -> C x H x W uint8 (BGR for colour, as OpenCV and Caffe use).
 
@@ -51,7 +58,10 @@ def decode_image_bytes(buf, color=None, where="encoded image"):
     """
     import cv2
     flag = cv2.IMREAD_UNCHANGED if color is None else (cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), flag)
+    try:
+        img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), flag)
+    except cv2.error as e:
+        raise DataError("%s cannot be decoded by OpenCV: %s" % (where, opencv_reason(e))) from None
     if img is None:
         raise DataError("%s cannot be decoded by OpenCV (not a PNG/JPEG, or corrupt)" % where)
     return hwc_to_chw(img, where)
@@ -71,7 +81,10 @@ def encode_image(chw, encode_type="png"):
     """C x H x W uint8 -> PNG/JPEG bytes (what convert_imageset --encoded stores)."""
     import cv2
     img = chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
-    ok, buf = cv2.imencode("." + encode_type.lstrip("."), np.ascontiguousarray(img))
+    try:
+        ok, buf = cv2.imencode("." + encode_type.lstrip("."), np.ascontiguousarray(img))
+    except cv2.error as e:
+        raise DataError("OpenCV cannot encode an image as %r: %s" % (encode_type, opencv_reason(e))) from None
     if not ok:
         raise DataError("OpenCV cannot encode an image as %r" % encode_type)
     return buf.tobytes()
@@ -82,7 +95,7 @@ def datum_to_array(datum, color=None, where="datum"):
     if datum.encoded:
         return decode_image_bytes(datum.data, color, where)
     c, h, w = datum.channels, datum.height, datum.width
-    count = c * h * w
+    count = shape_count((c, h, w), where, DataError)
     if datum.data:
         if len(datum.data) != count:
             raise DataError("%s says %d x %d x %d but holds %d bytes of pixels"
@@ -112,7 +125,7 @@ def datums_to_batch(datums, color=None, where="batch"):
             not d.encoded and len(d.data) == len(first.data) for d in datums):
         shape = (first.channels, first.height, first.width)
         if all((d.channels, d.height, d.width) == shape for d in datums):
-            if len(first.data) != first.channels * first.height * first.width:
+            if len(first.data) != shape_count(shape, where, DataError):
                 datum_to_array(first, where=where)  # raises with the details
             buf = b"".join(d.data for d in datums)
             return np.frombuffer(buf, dtype=np.uint8).reshape((len(datums),) + shape)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from netspec.errors import DataError, resolved_path
+from netspec.shapes import shape_count
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -57,8 +58,8 @@ def parse_idx(buf, path="<bytes>", expect_magic=None):
         raise DataError("IDX file %s is truncated inside its header" % path)
     dims = tuple(int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[type_code])
-    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     have = len(buf) - header
+    need = shape_count(dims, "IDX file %s: header" % path, DataError, limit=None) * dtype.itemsize
     if have != need:
         raise DataError("IDX file %s: header says shape %s (%d bytes of data) but the file holds "
                         "%d bytes; the file is truncated or not what it claims"

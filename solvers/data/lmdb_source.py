@@ -1,10 +1,12 @@
 """LMDB databases of Datum records: reading them in Caffe's order, writing them safely.
 
 Reading: Caffe's Data layer walks the records in key order from the first and
-starts again at the end. ``LMDBReader`` opens the database read-only without
-the lock file (so a read-only copy, e.g. CI's ``../shared``, works) and hands
-out ``LMDBCursor`` objects whose position (index + key) can be saved and
-restored, so a resumed run reads the very records it would have read.
+starts again at the end. A database is checked before it is opened
+(``lmdb_verify``: a damaged one is a DataError, never a crash of liblmdb).
+``LMDBReader`` opens the database read-only without the lock file (so a
+read-only copy, e.g. CI's ``../shared``, works) and hands out ``LMDBCursor``
+objects whose position (index + key) can be saved and restored, so a resumed
+run reads the very records it would have read.
 
 Writing: ``LMDBWriter`` builds the database in a temporary directory next to
 the target and renames it into place at the end, so an interrupted conversion
@@ -12,6 +14,7 @@ never leaves a half-written database that looks complete. The map size starts
 small and doubles when LMDB says it is full (32-bit boards cannot map 1 TB as
 Caffe's converters ask); records are committed in batched transactions.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,7 +22,8 @@ import threading
 
 from netspec.atomic import (current_umask, exchange_paths, fsync_directory,
                             remove_stale_temporaries, temp_prefix, write_step)
-from netspec.errors import DataError, resolved_path
+from netspec.errors import DataError, os_error_text, resolved_path
+from solvers.data import lmdb_verify
 
 
 def _lmdb():
@@ -64,6 +68,7 @@ class LMDBReader:
     def __init__(self, path, what=None):
         self.users = 0
         self.path = os.fspath(path)
+        given = what
         what = what or "LMDB %r" % self.path
         if not os.path.exists(self.path):
             raise DataError("%s does not exist %s" % (what, resolved_path(self.path)))
@@ -72,12 +77,33 @@ class LMDBReader:
             raise DataError("%s is a directory without data.mdb, so it is not an LMDB database "
                             "(resolved: %s)" % (what, os.path.abspath(self.path)))
         try:
+            lmdb_verify.verify(self.path)
+        except DataError as e:
+            if given is None:
+                raise
+            raise DataError("%s: %s" % (what, e)) from None
+        try:
             self.env = _lmdb().open(self.path, subdir=subdir, readonly=True, lock=False,
                                     readahead=False, max_readers=126)
+            self.entries = self.env.stat()["entries"]
         except _lmdb().Error as e:
             raise DataError("%s cannot be opened as an LMDB database: %s" % (what, e)) from None
         self.what = what
-        self.entries = self.env.stat()["entries"]
+        self.damage = None
+
+    def failure(self, error):
+        """The DataError to raise for an lmdb.Error met while reading.
+
+        After liblmdb finds a damaged page (MDB_CORRUPTED) the transaction is
+        dead and every later call says MDB_BAD_TXN; both are reported as the
+        corruption they are, naming the file.
+        """
+        lmdb = _lmdb()
+        if isinstance(error, lmdb.CorruptedError) or (self.damage and isinstance(error, lmdb.BadTxnError)):
+            self.damage = self.damage or str(error)
+            return DataError("%s is corrupted (liblmdb: %s, in %s); copy or convert the database "
+                             "again" % (self.what, self.damage, lmdb_verify.data_file(self.path)))
+        return DataError("%s: reading failed: %s (in %s)" % (self.what, error, lmdb_verify.data_file(self.path)))
 
     def __len__(self):
         return self.entries
@@ -87,9 +113,12 @@ class LMDBReader:
 
     def items(self):
         """All (key, value) pairs in key order (a generator over one read transaction)."""
-        with self.env.begin(buffers=False) as txn:
-            for kv in txn.cursor():
-                yield kv
+        try:
+            with self.env.begin(buffers=False) as txn:
+                for kv in txn.cursor():
+                    yield kv
+        except _lmdb().Error as e:
+            raise self.failure(e) from None
 
     def close(self):
         self.env.close()
@@ -100,35 +129,48 @@ class LMDBCursor:
 
     def __init__(self, reader):
         self.reader = reader
-        self.txn = reader.env.begin(buffers=False)
-        self._cur = self.txn.cursor()
+        try:
+            self.txn = reader.env.begin(buffers=False)
+            self._cur = self.txn.cursor()
+            found = self._cur.first()
+        except _lmdb().Error as e:
+            raise reader.failure(e) from None
         self.index = 0
         self.wrapped = 0  # how many times the end was reached
-        if not self._cur.first():
+        if not found:
             raise DataError("%s is empty: it holds no records" % reader.what)
 
     @property
     def key(self):
-        return self._cur.key()
+        try:
+            return self._cur.key()
+        except _lmdb().Error as e:
+            raise self.reader.failure(e) from None
 
     @property
     def value(self):
-        return self._cur.value()
+        try:
+            return self._cur.value()
+        except _lmdb().Error as e:
+            raise self.reader.failure(e) from None
 
     def next(self):
         """Advance one record; at the end, start again from the first."""
-        if self._cur.next():
-            self.index += 1
-        else:
-            self._cur.first()
-            self.index = 0
-            self.wrapped += 1
+        try:
+            if self._cur.next():
+                self.index += 1
+            else:
+                self._cur.first()
+                self.index = 0
+                self.wrapped += 1
+        except _lmdb().Error as e:
+            raise self.reader.failure(e) from None
 
     def read(self, n):
         """The next ``n`` values (wrapping), advancing past them."""
         out = []
         for _ in range(n):
-            out.append(self._cur.value())
+            out.append(self.value)
             self.next()
         return out
 
@@ -137,7 +179,10 @@ class LMDBCursor:
             self.next()
 
     def seek_first(self):
-        self._cur.first()
+        try:
+            self._cur.first()
+        except _lmdb().Error as e:
+            raise self.reader.failure(e) from None
         self.index = 0
 
     def get_state(self):
@@ -147,7 +192,11 @@ class LMDBCursor:
     def set_state(self, state):
         """Go to a saved position: by key when it is still there, else by index."""
         key = state.get("key")
-        if key is not None and self._cur.set_key(key.encode("latin-1")):
+        try:
+            found = key is not None and self._cur.set_key(key.encode("latin-1"))
+        except _lmdb().Error as e:
+            raise self.reader.failure(e) from None
+        if found:
             self.index = int(state.get("index", 0))
             return
         self.seek_first()
@@ -213,6 +262,9 @@ class LMDBWriter:
             except lmdb.MapFullError:  # the transaction was aborted: grow and redo it
                 self.map_size *= 2
                 self.env.set_mapsize(self.map_size)
+            except lmdb.Error as e:  # said here, while the partial database still fills the disk
+                raise DataError("cannot write LMDB %s (built in %s): %s"
+                                % (self.path, self.tmp, os_error_text(e, self.tmp, False))) from None
         self.count += len(self.pending)
         self.pending = []
         write_step("committed %d records to %s" % (self.count, self.tmp))
@@ -250,6 +302,21 @@ class LMDBWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.commit()
+            lmdb_verify.remember_sound(self.path)   # no need to check what was just written
         else:
             self.abort()
         return False
+
+
+@contextlib.contextmanager
+def write_errors(path):
+    """Writing the LMDB ``path``: an OSError or liblmdb error becomes a DataError naming it.
+
+    A full disk says "no space left on device" and where (liblmdb reports it
+    as an I/O error).
+    """
+    try:
+        yield
+    except (OSError, _lmdb().Error) as e:
+        raise DataError("cannot write LMDB %s: %s"
+                        % (os.path.abspath(os.fspath(path)), os_error_text(e))) from None

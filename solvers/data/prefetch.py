@@ -8,9 +8,17 @@ read ahead are simply read again after a resume.
 
 Errors raised while reading (a corrupt record, say) are passed through the
 queue and raised in the thread that asked for the batch.
+
+Closing is bounded: the thread checks a stop flag between batches, and
+``close`` waits for it at most ``CLOSE_TIMEOUT`` seconds; a thread still busy
+with a batch then closes the source itself when it ends (never under its feet).
 """
+import logging
 import queue
 import threading
+
+log = logging.getLogger("caffe")
+CLOSE_TIMEOUT = 10.0
 
 
 class BatchSource:
@@ -45,6 +53,9 @@ class Prefetcher:
         self._thread = None
         self._queue = None
         self._stop = None
+        self._lock = threading.Lock()
+        self._running = False       # a thread is using the source
+        self._close_at_exit = False  # close timed out: the thread closes the source when it ends
         self.start()
 
     def start(self):
@@ -54,36 +65,50 @@ class Prefetcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(self._queue, self._stop),
                                         name=self.name, daemon=True)
+        self._running = True
         self._thread.start()
 
     def _run(self, q, stop):
-        while not stop.is_set():
-            try:
-                item = (self.source.next_batch(), self.source.get_state())
-            except BaseException as e:  # handed to the consumer, which raises it
-                item = _Failure(e)
+        try:
             while not stop.is_set():
                 try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, _Failure):
-                return
+                    item = (self.source.next_batch(), self.source.get_state())
+                except BaseException as e:  # handed to the consumer, which raises it
+                    item = _Failure(e)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, _Failure):
+                    return
+        finally:
+            with self._lock:
+                self._running = False
+                close = self._close_at_exit
+            if close:
+                self.source.close()
 
-    def stop(self):
-        """Stop the thread; batches read ahead are dropped (the state does not count them)."""
+    def stop(self, timeout=None):
+        """Stop the thread; batches read ahead are dropped (the state does not count them).
+
+        Returns False if the thread was still busy after ``timeout`` seconds.
+        """
         if self._thread is None:
-            return
+            return True
         self._stop.set()
         try:
             while True:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
         self._thread = None
         self._queue = None
+        return True
 
     def next(self):
         if self.depth <= 0:
@@ -112,5 +137,12 @@ class Prefetcher:
         self.start()
 
     def close(self):
-        self.stop()
+        if not self.stop(CLOSE_TIMEOUT):
+            with self._lock:
+                if self._running:
+                    self._close_at_exit = True
+                    log.warning("%s: the prefetch thread is still reading a batch after %g s; it "
+                                "stops (and closes its database) when that batch is done",
+                                self.name, CLOSE_TIMEOUT)
+                    return
         self.source.close()

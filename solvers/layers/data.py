@@ -52,17 +52,46 @@ class _BaseData(Layer):
 
 
 class _PrefetchingData(_BaseData):
-    """A data layer whose batches come from a BatchSource through a Prefetcher."""
+    """A data layer whose batches come from a BatchSource through a Prefetcher.
+
+    ``layer_setup`` opens the source and hands it to ``use_source``, which
+    checks that a batch is a possible size; the prefetch thread starts only
+    once the tops are shaped, so an impossible batch never starts reading.
+    """
 
     prefetcher = None
+    source = None
 
-    def start_prefetch(self, source, depth):
+    def use_source(self, source, depth):
+        """Take ``source`` (closing it if its batches cannot fit) to prefetch ``depth`` batches ahead."""
+        from netspec.shapes import check_fits_in_memory, shape_count
+        try:
+            count = shape_count(source.top_shape, "%s: a batch (batch_size x the shape of one record)"
+                                % self.where(), DataError)
+            check_fits_in_memory(4 * count * (max(int(depth), 0) + 2),
+                                 "%s: a batch of shape %s, read %d batches ahead (prefetch),"
+                                 % (self.where(), list(source.top_shape), depth), DataError)
+        except DataError:
+            source.close()
+            raise
+        self.source = source
+        self.top_shape = source.top_shape
+        self.depth = depth
+
+    def setup(self, bottom, top):
         from solvers.data.prefetch import Prefetcher
         if self.prefetcher is not None:  # set up again: let the old thread go first
             self.close()
-        self.source = source
-        self.top_shape = source.top_shape
-        self.prefetcher = Prefetcher(source, depth, name="prefetch-" + self.name)
+            self.prefetcher = None
+        self.source = None
+        try:
+            super().setup(bottom, top)
+        except BaseException:
+            if self.source is not None:
+                self.source.close()
+                self.source = None
+            raise
+        self.prefetcher = Prefetcher(self.source, self.depth, name="prefetch-" + self.name)
         self._finalizer = weakref.finalize(self, self.prefetcher.close)
 
     def reshape(self, bottom, top):
@@ -146,7 +175,7 @@ class DataLayer(_PrefetchingData):
         if share[1] > 1:
             log.info("Reading records %d, %d, ... of every %d (rank %d of %d processes)",
                      share[0], share[0] + share[1], share[1], share[0], share[1])
-        self.start_prefetch(source, p.prefetch)
+        self.use_source(source, p.prefetch)
 
 
 @register_layer("ImageData")
@@ -163,7 +192,7 @@ class ImageDataLayer(_PrefetchingData):
         if (p.new_height > 0) != (p.new_width > 0):
             raise DataError("%s: set both new_height and new_width, or neither" % self.where())
         transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.where())
-        self.start_prefetch(ImageListSource(p, transformer, len(top) > 1, self.where()),
+        self.use_source(ImageListSource(p, transformer, len(top) > 1, self.where()),
                             self.layer_param.data_param.prefetch)
 
 
@@ -183,7 +212,7 @@ class WindowDataLayer(_PrefetchingData):
         if p.crop_mode not in ("warp", "square"):
             raise DataError("%s: crop_mode %r is neither 'warp' nor 'square'" % (self.where(), p.crop_mode))
         transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.where())
-        self.start_prefetch(WindowSource(p, transformer, self.where()), self.layer_param.data_param.prefetch)
+        self.use_source(WindowSource(p, transformer, self.where()), self.layer_param.data_param.prefetch)
 
 
 @register_layer("MemoryData")
