@@ -49,15 +49,43 @@ class Broken(PythonLayer):
 
 
 class Plain:
-    """No base class, no constructor argument: still usable, as duck typing allows."""
+    """No base class: refused, as Caffe refuses it (only caffe.Layer subclasses are layers)."""
     def setup(self, bottom, top):
         pass
+
+
+class NoArg(PythonLayer):
+    """A constructor without the LayerParameter argument: still usable."""
+    def __init__(self):
+        super().__init__()
 
     def reshape(self, bottom, top):
         top[0].reshape(2)
 
     def forward(self, bottom, top):
         top[0].data[...] = self.phase
+
+
+class Fussy(Exception):
+    """A user exception whose constructor needs two arguments."""
+    def __init__(self, code, detail):
+        super().__init__(code, detail)
+        self.code = code
+
+
+class Raising(PythonLayer):
+    """Raises, in the method param_str names, the exception the test module sets in RAISE."""
+    RAISE = None
+
+    def setup(self, bottom, top):
+        if self.param_str == "setup":
+            raise self.RAISE
+
+    def reshape(self, bottom, top):
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        raise self.RAISE
 '''
 
 
@@ -100,13 +128,83 @@ def test_user_layer_runs_with_caffe_contract(user_module):
     np.testing.assert_allclose(layer.blobs[0].diff, [15.0])
 
 
-def test_duck_typed_class_without_constructor_argument(user_module):
-    layer = create_layer(python_lp(user_module, "Plain", phase=caffe_pb2.TEST))
+def test_class_without_constructor_argument(user_module):
+    layer = create_layer(python_lp(user_module, "NoArg", phase=caffe_pb2.TEST))
     top = [Blob()]
     layer.setup([], top)
     layer.forward([], top)
     np.testing.assert_array_equal(top[0].data, [1, 1])
     assert list(layer.blobs) == []
+
+
+@pytest.mark.parametrize("module, name, what", [
+    ("os", "abort", "not a class"), ("sys", "exit", "not a class"), ("os", "getcwd", "not a class"),
+    ("os", "sep", "not a class"), ("collections", "OrderedDict", "not derived from caffe.Layer")])
+def test_only_layer_classes_are_called(module, name, what):
+    """os.abort would kill the interpreter if it were called: it is refused by its type."""
+    with pytest.raises(LayerError) as err:
+        create_layer(python_lp(module, name))
+    msg = str(err.value)
+    assert "'py'" in msg and "%s.%s" % (module, name) in msg and what in msg and "caffe.Layer" in msg
+
+
+def test_duck_typed_class_is_refused(user_module):
+    with pytest.raises(LayerError, match="not derived from caffe.Layer"):
+        create_layer(python_lp(user_module, "Plain"))
+
+
+def _raising(user_module, exc, where="forward"):
+    layer = create_layer(python_lp(user_module, "Raising", where))
+    layer.impl.RAISE = exc
+    top = [Blob()]
+    layer.setup([], top)
+    if where == "forward":
+        layer.forward([], top)
+
+
+@pytest.mark.parametrize("where", ["setup", "forward"])
+@pytest.mark.parametrize("exc, kind", [
+    (RuntimeError("user says no"), RuntimeError), (KeyError("missing"), KeyError),
+    (OSError(2, "No such file"), OSError), (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), ValueError),
+    (ZeroDivisionError("divided"), ArithmeticError)])
+def test_user_exception_type_still_catches_and_the_layer_is_named(user_module, where, exc, kind):
+    """pycaffe's test: an exception from setup/forward is caught by ``except RuntimeError``."""
+    try:
+        _raising(user_module, exc, where)
+    except kind as e:
+        assert isinstance(e, LayerError) and isinstance(e, type(exc))
+        assert "'py'" in str(e) and "Raising.%s" % where in str(e) and type(exc).__name__ in str(e)
+        assert e.__cause__ is exc
+    else:
+        pytest.fail("nothing raised")
+
+
+def _imported(name):
+    """The user module, imported as the Python layer imports it (from the working directory)."""
+    import importlib
+    import os
+    sys.path.append(os.getcwd())
+    return importlib.import_module(name)
+
+
+def test_user_exception_with_its_own_constructor(user_module):
+    mod = _imported(user_module)
+    with pytest.raises(mod.Fussy) as err:
+        _raising(user_module, mod.Fussy(7, "detail"))
+    assert isinstance(err.value, LayerError) and "'py'" in str(err.value) and "7" in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["setup", "forward"])
+def test_sys_exit_in_user_code_is_a_named_error(user_module, where):
+    with pytest.raises(LayerError) as err:
+        _raising(user_module, SystemExit(3), where)
+    assert not isinstance(err.value, SystemExit)
+    assert "sys.exit(3)" in str(err.value) and "'py'" in str(err.value)
+
+
+def test_keyboard_interrupt_passes_through(user_module):
+    with pytest.raises(KeyboardInterrupt):
+        _raising(user_module, KeyboardInterrupt())
 
 
 def test_missing_module_names_layer_module_and_path(tmp_path, monkeypatch):
@@ -171,3 +269,19 @@ def test_python_layer_inside_a_net(user_module):
     assert net.forward_backward() == pytest.approx(30.0)
     np.testing.assert_allclose(net.params["py"][0].diff, [10.0])
     assert net.learnable_params[0] is net.params["py"][0]
+
+
+def test_user_runtime_error_escapes_net_construction_as_runtime_error(user_module, tmp_path):
+    """As pycaffe's test_python_layer: caffe.Net(...) raises RuntimeError for a failing setup."""
+    net_mod = pytest.importorskip("solvers.net")
+    _imported(user_module).Raising.RAISE = RuntimeError("setup refuses")
+    text = ('layer { name: "py" type: "Python" top: "y" '
+            'python_param { module: "%s" layer: "Raising" param_str: "setup" } }' % user_module)
+    with pytest.raises(RuntimeError) as err:
+        net_mod.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TRAIN")
+    assert isinstance(err.value, LayerError) and "'py'" in str(err.value) and "setup refuses" in str(err.value)
+    text = text.replace('param_str: "setup"', 'param_str: ""')
+    net = net_mod.Net(text_format.Parse(text, caffe_pb2.NetParameter()), phase="TRAIN")
+    sys.modules[user_module].Raising.RAISE = RuntimeError("forward refuses")
+    with pytest.raises(RuntimeError, match="'py'.*forward refuses"):
+        net.forward()

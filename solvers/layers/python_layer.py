@@ -21,15 +21,23 @@ the instance, then ``setup(bottom, top)`` and ``reshape(bottom, top)`` run;
 
 Learnable parameters go in ``self.blobs`` (``self.blobs.add_blob(*shape)``);
 the net treats them like any layer's parameters. ``share_in_parallel`` is
-read but has no effect (there is one solver process). Any exception raised by the
-user's code comes out as a LayerError naming the layer, with the original
-exception (and its traceback) chained as ``__cause__``.
+read but has no effect (there is one solver process).
+
+``python_param.layer`` must name a class derived from :class:`PythonLayer`:
+anything else (``os.abort``, ``sys.exit``) is refused before it is called.
+An exception raised by the user's code comes out as an error that is both a
+LayerError naming the layer and an instance of the user's exception type
+(``except RuntimeError`` still catches it, as in pycaffe), with the original
+exception (and its traceback) chained as ``__cause__``. ``sys.exit`` in user
+code is a LayerError too: a layer cannot end the program (KeyboardInterrupt
+passes through as it is).
 """
 import importlib
 import inspect
 import os
 import sys
 
+from netspec.errors import LayerError
 from solvers.blob import Blob
 from solvers.layer import Layer, register_layer
 
@@ -78,6 +86,54 @@ class PythonLayer:
                                   "keep gradients away from it (propagate_down: false)" % type(self).__name__)
 
 
+_LIKE = {}
+
+
+def layer_error_like(error, message):
+    """A LayerError saying ``message`` that is also an instance of ``type(error)``.
+
+    The class is made once per user exception type, deriving from both; the
+    user's ``__init__`` is not called (its arguments are unknown). Where the
+    two cannot be combined (SystemExit, a type with its own ``__new__`` or
+    layout), a plain LayerError is returned.
+    """
+    cls = type(error)
+    if not isinstance(error, Exception):
+        return LayerError(message)
+    like = _LIKE.get(cls)
+    if like is None:
+        if issubclass(cls, LayerError):
+            like = cls
+        else:
+            try:
+                like = type(cls.__name__, (cls, LayerError),
+                            {"__module__": cls.__module__, "__str__": _message,
+                             "__doc__": "%s raised by a Python layer; also a LayerError." % cls.__name__})
+            except TypeError:
+                like = LayerError
+        _LIKE[cls] = like
+    try:
+        made = like.__new__(like, message)
+        BaseException.__init__(made, message)
+    except Exception:
+        return LayerError(message)
+    return made
+
+
+def _message(self):
+    return str(self.args[0]) if self.args else ""
+
+
+def _user_failure(e, what):
+    """The error for exception ``e`` raised by user code doing ``what`` (KeyboardInterrupt is re-raised)."""
+    if isinstance(e, KeyboardInterrupt):
+        raise e
+    if isinstance(e, SystemExit):
+        return LayerError("%s called sys.exit(%r); a layer cannot end the program, raise an exception "
+                          "instead" % (what, e.code))
+    return layer_error_like(e, "%s raised %s: %s" % (what, type(e).__name__, e))
+
+
 def _import_module(layer, name, class_name):
     """Import the user's module by name, with the working directory on sys.path as pycaffe users expect."""
     cwd = os.getcwd()
@@ -93,9 +149,9 @@ def _import_module(layer, name, class_name):
                 % (name, class_name, cwd, os.pathsep.join(p or "." for p in sys.path),
                    name.replace(".", os.sep))) from e
         raise layer.error("importing python_param.module %r (for class %r) failed: %s" % (name, class_name, e)) from e
-    except Exception as e:
-        raise layer.error("importing python_param.module %r (for class %r) raised %s: %s"
-                          % (name, class_name, type(e).__name__, e)) from e
+    except BaseException as e:
+        raise _user_failure(e, "layer %r (type %s): importing python_param.module %r (for class %r)"
+                            % (layer.name, layer.type, name, class_name)) from e
 
 
 def _instantiate(layer, cls, layer_param, where):
@@ -107,8 +163,8 @@ def _instantiate(layer, cls, layer_param, where):
         args = ()
     try:
         return cls(*args)
-    except Exception as e:
-        raise layer.error("creating %s raised %s: %s" % (where, type(e).__name__, e)) from e
+    except BaseException as e:
+        raise _user_failure(e, "layer %r (type %s): creating %s" % (layer.name, layer.type, where)) from e
 
 
 @register_layer("Python")
@@ -131,8 +187,12 @@ class PythonLayerHost(Layer):
             classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and not n.startswith("_"))
             raise self.error("module %r (%s) has no class %r; it defines: %s"
                              % (pp.module, getattr(module, "__file__", "?"), pp.layer, ", ".join(classes) or "none"))
-        if not callable(cls):
-            raise self.error("%s is not a class" % where)
+        if not (inspect.isclass(cls) and issubclass(cls, PythonLayer)):
+            what = ("a class, but not derived from caffe.Layer" if inspect.isclass(cls)
+                    else "not a class (it is %s)" % type(cls).__name__)
+            raise self.error("python_param names %s, which is %s; it must name a layer class written "
+                             "as 'class %s(caffe.Layer)' (solvers.layers.python_layer.PythonLayer)"
+                             % (where, what, pp.layer))
         self.where = where
         self.impl = _instantiate(self, cls, layer_param, where)
         self.impl.param_str = pp.param_str
@@ -168,9 +228,9 @@ class PythonLayerHost(Layer):
     def _call(self, method, *args):
         try:
             return getattr(self.impl, method)(*args)
-        except Exception as e:
-            raise self.error("%s.%s raised %s: %s (user code in %s)"
-                             % (self.where, method, type(e).__name__, e, self.source_file)) from e
+        except BaseException as e:
+            raise _user_failure(e, "layer %r (type %s): %s.%s (user code in %s)"
+                                % (self.name, self.type, self.where, method, self.source_file)) from e
 
     def setup(self, bottom, top):
         self._call("setup", bottom, top)
