@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 
-from netspec.errors import CaffeError, resolved_path
+from netspec.errors import CaffeError, os_error_text, resolved_path
 
 log = logging.getLogger("caffe")
 
@@ -131,7 +131,7 @@ def parse_args(argv, prog="solve.py"):
 @contextlib.contextmanager
 def _logging_to(stream, log_file):
     """Caffe's log on ``stream`` (and ``log_file``) for the run; the loggers are put back afterwards."""
-    from solvers.log import GlogFormatter, install_handler
+    from solvers.log import GlogFormatter, LogFileHandler, install_handler
     saved = [(logging.getLogger(n), list(logging.getLogger(n).handlers), logging.getLogger(n).level,
               logging.getLogger(n).propagate) for n in _LOGGER_NAMES]
     file_handler = None
@@ -139,7 +139,7 @@ def _logging_to(stream, log_file):
         handler = install_handler(stream, names=_LOGGER_NAMES)
         if log_file:
             try:
-                file_handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+                file_handler = LogFileHandler(log_file)
             except OSError as e:
                 raise CaffeError("--log %r: cannot write the log file (resolved: %s, working "
                                  "directory: %s): %s" % (log_file, os.path.abspath(log_file), os.getcwd(),
@@ -690,9 +690,38 @@ def _isatty(stream):
         return False
 
 
+def error_text(error):
+    """An error as one paragraph: a CaffeError's message, an OSError's reason and file
+    ("no space left on device" when the disk is full), else the type and message."""
+    if isinstance(error, CaffeError):
+        return str(error)
+    if isinstance(error, OSError):
+        return os_error_text(error)
+    module = type(error).__module__.split(".")[0]
+    what = {"lmdb": "LMDB", "cv2": "OpenCV"}.get(module, type(error).__name__)
+    return "%s: %s" % (what, " ".join(str(error).split()))
+
+
+def run_tool(prog, work):
+    """Run a command-line tool's ``work()``: exit status 0, or 1 with one line
+    ``PROG: error: ...`` on stderr and no traceback, as solve.py reports errors
+    (130 when interrupted)."""
+    import cv2
+    import lmdb
+    try:
+        work()
+    except KeyboardInterrupt:
+        print("%s: interrupted" % prog, file=sys.stderr)
+        return 130
+    except (CaffeError, OSError, MemoryError, lmdb.Error, cv2.error) as e:
+        print("%s: error: %s" % (prog, error_text(e)), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _report(error, prog, command, file_handler):
     """One paragraph on stderr (and an E line in the log file), no traceback."""
-    text = str(error) if isinstance(error, CaffeError) else "%s: %s" % (type(error).__name__, error)
+    text = error_text(error)
     where = "%s %s" % (prog, command) if command else prog
     print("%s: error: %s" % (where, text), file=sys.stderr)
     if file_handler is not None:

@@ -68,3 +68,52 @@ def install_handler(stream=None, level=logging.INFO, names=("caffe", "solvers"))
         target.setLevel(level)
         target.propagate = False
     return handler
+
+
+class LogFileHandler(logging.FileHandler):
+    """The ``--log`` file, in glog format, that cannot flood stderr with tracebacks.
+
+    ``logging`` prints a traceback for every record a handler fails to write
+    (hundreds on a full disk). Here the first failed write prints one warning
+    naming the file and the reason, and the file is dropped; the log carries
+    on to stderr through the other handler.
+    """
+
+    def __init__(self, filename):
+        super().__init__(filename, mode="w", encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):
+        self._give_up(sys.exc_info()[1])
+
+    def flush(self):
+        if not self.failed:
+            try:
+                super().flush()
+            except OSError as e:
+                self._give_up(e)
+
+    def close(self):
+        try:
+            super().close()
+        except OSError as e:
+            self._give_up(e)
+
+    def _give_up(self, error):
+        if self.failed:
+            return
+        self.failed = True
+        reason = getattr(error, "strerror", None) or error
+        record = logging.LogRecord("caffe", logging.WARNING, __file__, 0, "log file %s cannot be written "
+                                   "(%s); the log carries on to stderr only", (self.baseFilename, reason), None)
+        print(GlogFormatter().format(record), file=sys.stderr)
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass

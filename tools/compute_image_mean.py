@@ -12,7 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.errors import CaffeError  # noqa: E402
+from netspec.errors import DataError, os_error_text  # noqa: E402
+from solvers.cli import run_tool  # noqa: E402
 from solvers.data.image_mean import compute_image_mean, mean_to_blobproto, write_binaryproto_atomic  # noqa: E402
 
 
@@ -22,16 +23,18 @@ def main(argv=None):
     ap.add_argument("output", nargs="?", help="mean.binaryproto to write")
     ap.add_argument("--backend", default="lmdb", choices=["lmdb"], help="only lmdb is supported")
     args = ap.parse_args(argv)
-    try:
+
+    def work():
         mean = compute_image_mean(args.db)
         if args.output:
-            write_binaryproto_atomic(mean_to_blobproto(mean), args.output)
-    except CaffeError as e:
-        print("compute_image_mean: error: %s" % e, file=sys.stderr)
-        return 1
-    for c, value in enumerate(mean.reshape(mean.shape[0], -1).mean(axis=1)):
-        print("mean_value channel [%d]: %g" % (c, value))
-    return 0
+            try:
+                write_binaryproto_atomic(mean_to_blobproto(mean), args.output)
+            except OSError as e:
+                raise DataError("cannot write %s: %s"
+                                % (args.output, os_error_text(e, args.output, False))) from None
+        for c, value in enumerate(mean.reshape(mean.shape[0], -1).mean(axis=1)):
+            print("mean_value channel [%d]: %g" % (c, value))
+    return run_tool("compute_image_mean", work)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.errors import CaffeError  # noqa: E402
+from solvers.cli import run_tool  # noqa: E402
 from solvers.data.imageset import convert_imageset  # noqa: E402
 
 
@@ -38,14 +38,9 @@ def main(argv=None):
     if args.seed is not None:
         import numpy as np
         rng = np.random.default_rng(args.seed)
-    try:
-        convert_imageset(args.root_folder, args.list_file, args.db, args.resize_height,
-                         args.resize_width, args.gray, args.shuffle, args.encoded,
-                         args.encode_type, args.check_size, args.overwrite, rng=rng)
-    except CaffeError as e:
-        print("convert_imageset: error: %s" % e, file=sys.stderr)
-        return 1
-    return 0
+    return run_tool("convert_imageset", lambda: convert_imageset(
+        args.root_folder, args.list_file, args.db, args.resize_height, args.resize_width, args.gray,
+        args.shuffle, args.encoded, args.encode_type, args.check_size, args.overwrite, rng=rng))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.errors import CaffeError  # noqa: E402
+from solvers.cli import run_tool  # noqa: E402
 from solvers.data.mnist import convert_mnist  # noqa: E402
 
 
@@ -24,12 +24,8 @@ def main(argv=None):
     ap.add_argument("--overwrite", action="store_true", help="replace OUT_DB if it exists")
     ap.add_argument("--backend", default="lmdb", choices=["lmdb"], help="only lmdb is supported")
     args = ap.parse_args(argv)
-    try:
-        convert_mnist(args.images, args.labels, args.db, overwrite=args.overwrite)
-    except CaffeError as e:
-        print("convert_mnist: error: %s" % e, file=sys.stderr)
-        return 1
-    return 0
+    return run_tool("convert_mnist", lambda: convert_mnist(args.images, args.labels, args.db,
+                                                           overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import os
 import sys
 
 from netspec.errors import DataError
+from netspec.shapes import shape_count
 from solvers.data.datum import encode_image
-from solvers.data.lmdb_source import LMDBWriter
+from solvers.data.lmdb_source import LMDBWriter, write_errors
 from solvers.data.progress import Progress
 from solvers.data.sources import read_image, read_image_list
 
@@ -45,6 +46,12 @@ def convert_imageset(root_folder, list_file, db_path, resize_height=0, resize_wi
                      overwrite=False, rng=None, progress=None, warn=None):
     """Write the LMDB ``db_path`` from an image list; returns (written, skipped)."""
     warn = warn or (lambda msg: print("warning: " + msg, file=sys.stderr))
+    if encode_type:   # a type OpenCV cannot write fails here, not once per image
+        import numpy as np
+        encode_image(np.zeros((1, 1, 1), np.uint8), encode_type)
+    if resize_height > 0 and resize_width > 0:
+        shape_count((3, resize_height, resize_width), "convert_imageset: --resize_height %d "
+                    "--resize_width %d" % (resize_height, resize_width), DataError)
     lines = read_image_list(list_file, "convert_imageset")
     if shuffle:
         if rng is None:
@@ -54,7 +61,7 @@ def convert_imageset(root_folder, list_file, db_path, resize_height=0, resize_wi
         lines = [lines[i] for i in order]
     bar = progress or Progress(len(lines), "images")
     written, skipped, size = 0, 0, None
-    with LMDBWriter(db_path, overwrite=overwrite) as db:
+    with write_errors(db_path), LMDBWriter(db_path, overwrite=overwrite) as db:
         for index, (path, label, lineno) in enumerate(lines):
             enc = encode_type
             if encoded and not enc:  # guess from the file name, as Caffe does

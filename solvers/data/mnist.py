@@ -7,7 +7,7 @@ index. The records are byte-for-byte what Caffe stores.
 import numpy as np
 
 from solvers.data.idx import read_mnist
-from solvers.data.lmdb_source import LMDBWriter
+from solvers.data.lmdb_source import LMDBWriter, write_errors
 from solvers.data.progress import Progress
 
 
@@ -28,7 +28,7 @@ def write_mnist_lmdb(images, labels, db_path, overwrite=False, progress=None, ba
     """Write uint8 images (N, rows, cols) and labels (N,) as an LMDB; returns the record count."""
     n = images.shape[0]
     bar = Progress(n, "images") if progress is None else progress
-    with LMDBWriter(db_path, overwrite=overwrite, batch_size=batch_size) as db:
+    with write_errors(db_path), LMDBWriter(db_path, overwrite=overwrite, batch_size=batch_size) as db:
         for i, (key, value) in enumerate(mnist_datums(images, labels)):
             db.put(key, value)
             if i % 1000 == 0:

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from netspec.errors import DataError, resolved_path
-from solvers.data.datum import datums_to_batch, parse_datum, hwc_to_chw
+from solvers.data.datum import datums_to_batch, hwc_to_chw, opencv_reason, parse_datum
 from solvers.data.prefetch import BatchSource
 
 log = logging.getLogger("caffe")
@@ -96,12 +96,16 @@ class DatumBatchSource(BatchSource):
 def read_image(path, new_height=0, new_width=0, is_color=True, where="image"):
     """An image file as C x H x W uint8, resized as Caffe's ReadImageToCVMat does."""
     import cv2
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    try:
+        img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+        if img is not None and new_height > 0 and new_width > 0:
+            img = cv2.resize(img, (new_width, new_height))
+    except cv2.error as e:
+        raise DataError("%s: OpenCV cannot read image %r (resolved: %s): %s"
+                        % (where, path, os.path.abspath(path), opencv_reason(e))) from None
     if img is None:
         raise DataError("%s: could not read image %r (resolved: %s); the file is missing or "
                         "not an image OpenCV can decode" % (where, path, os.path.abspath(path)))
-    if new_height > 0 and new_width > 0:
-        img = cv2.resize(img, (new_width, new_height))
     return hwc_to_chw(img, where)
 
 
@@ -123,6 +127,9 @@ def read_image_list(source, where):
         except ValueError:
             raise DataError("%s: %s line %d: expected 'path label', got %r"
                             % (where, source, lineno, line)) from None
+        if not -2 ** 31 <= lines[-1][1] < 2 ** 31:
+            raise DataError("%s: %s line %d: label %s does not fit Caffe's 32-bit label"
+                            % (where, source, lineno, label))
         if not path:
             raise DataError("%s: %s line %d: expected 'path label', got %r"
                             % (where, source, lineno, line))
