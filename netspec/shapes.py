@@ -25,6 +25,9 @@ def shape_count(dims, where, error=CaffeError, limit=INT_MAX):
     for d in dims:
         if d < 0:
             raise error("%s: shape %s has a negative dimension" % (where, list(dims)))
+        if limit is not None and d > limit:   # even beside a 0, NumPy cannot index it
+            raise error("%s: shape %s has a dimension above the limit of %d (Caffe's INT_MAX); the "
+                        "file is damaged or the size is a mistake" % (where, list(dims), limit))
         count *= d
     if limit is not None and count > limit:
         raise error("%s: shape %s holds %d elements, more than the limit of %d (Caffe's INT_MAX); "
