@@ -285,3 +285,16 @@ def test_user_runtime_error_escapes_net_construction_as_runtime_error(user_modul
     sys.modules[user_module].Raising.RAISE = RuntimeError("forward refuses")
     with pytest.raises(RuntimeError, match="'py'.*forward refuses"):
         net.forward()
+
+
+def test_pycaffe_exception_layer_case(user_module, tmp_path):
+    """pycaffe's own test: ``self.assertRaises(RuntimeError, caffe.Net, net_file, caffe.TRAIN)``."""
+    caffe = pytest.importorskip("solvers.caffe")
+    _imported(user_module).Raising.RAISE = RuntimeError("exception layer")
+    net_file = tmp_path / "exception.prototxt"
+    net_file.write_text('name: "pythonnet" force_backward: true input: "data" input_shape { dim: 10 dim: 9 '
+                        'dim: 8 } layer { type: "Python" name: "layer" bottom: "data" top: "top" '
+                        'python_param { module: "%s" layer: "Raising" param_str: "setup" } }' % user_module)
+    with pytest.raises(RuntimeError) as err:
+        caffe.Net(str(net_file), caffe.TRAIN)
+    assert "'layer'" in str(err.value) and "exception layer" in str(err.value)

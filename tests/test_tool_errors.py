@@ -71,7 +71,7 @@ def test_image_mean_into_a_missing_directory(tmp_path, capsys):
     out = tmp_path / "nowhere" / "mean.binaryproto"
     status = tool("compute_image_mean").main([str(tmp_path / "db"), str(out)])
     line = one_line_error(capsys, "compute_image_mean")
-    assert status == 1 and str(out) in line and "No such file" in line
+    assert status == 1 and str(out) in line and "nowhere' does not exist" in line
 
 
 def test_full_disk_is_said_in_words(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.errors import DataError, os_error_text  # noqa: E402
 from solvers.cli import run_tool  # noqa: E402
 from solvers.data.image_mean import compute_image_mean, mean_to_blobproto, write_binaryproto_atomic  # noqa: E402
 
@@ -27,11 +26,7 @@ def main(argv=None):
     def work():
         mean = compute_image_mean(args.db)
         if args.output:
-            try:
-                write_binaryproto_atomic(mean_to_blobproto(mean), args.output)
-            except OSError as e:
-                raise DataError("cannot write %s: %s"
-                                % (args.output, os_error_text(e, args.output, False))) from None
+            write_binaryproto_atomic(mean_to_blobproto(mean), args.output)
         for c, value in enumerate(mean.reshape(mean.shape[0], -1).mean(axis=1)):
             print("mean_value channel [%d]: %g" % (c, value))
     return run_tool("compute_image_mean", work)
