@@ -50,9 +50,9 @@ def convert_imageset(root_folder, list_file, db_path, resize_height=0, resize_wi
         import numpy as np
         encode_image(np.zeros((1, 1, 1), np.uint8), encode_type)
     if resize_height > 0 and resize_width > 0:
-        shape_count((3, resize_height, resize_width), "convert_imageset: --resize_height %d "
+        shape_count((3, resize_height, resize_width), "--resize_height %d "
                     "--resize_width %d" % (resize_height, resize_width), DataError)
-    lines = read_image_list(list_file, "convert_imageset")
+    lines = read_image_list(list_file, "image list")
     if shuffle:
         if rng is None:
             from solvers.rng import get_rng
@@ -86,7 +86,7 @@ def convert_imageset(root_folder, list_file, db_path, resize_height=0, resize_wi
             if index % 100 == 0:
                 bar.update(index)
         if written == 0:
-            raise DataError("convert_imageset: none of the %d images in %s could be read"
+            raise DataError("none of the %d images in %s could be read"
                             % (len(lines), list_file))
     bar.update(len(lines))
     bar.done("%s: %d images written%s" % (db_path, written,
