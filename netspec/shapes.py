@@ -21,17 +21,16 @@ def shape_count(dims, where, error=CaffeError, limit=INT_MAX):
     None: no limit, for callers that compare the count with a file's length).
     """
     dims = tuple(int(d) for d in dims)
-    count = 1
+    count, span = 1, 1   # span: the product of the non-zero dims, which NumPy must index even when count is 0
     for d in dims:
         if d < 0:
             raise error("%s: shape %s has a negative dimension" % (where, list(dims)))
-        if limit is not None and d > limit:   # even beside a 0, NumPy cannot index it
-            raise error("%s: shape %s has a dimension above the limit of %d (Caffe's INT_MAX); the "
-                        "file is damaged or the size is a mistake" % (where, list(dims), limit))
         count *= d
-    if limit is not None and count > limit:
-        raise error("%s: shape %s holds %d elements, more than the limit of %d (Caffe's INT_MAX); "
-                    "the file is damaged or the size is a mistake" % (where, list(dims), count, limit))
+        span *= max(d, 1)
+    if limit is not None and span > limit:
+        raise error("%s: shape %s %s more than the limit of %d elements (Caffe's INT_MAX); the file is "
+                    "damaged or the size is a mistake"
+                    % (where, list(dims), "holds %d elements," % count if count else "spans", limit))
     return count
 
 

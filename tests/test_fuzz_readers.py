@@ -314,3 +314,21 @@ def test_net_construction_from_mutated_real_prototxts(monkeypatch):
         finally:
             _close(net)
     fuzz_run(mutated_text(texts, char_level=False), check, 25, "Net construction")
+
+
+@pytest.mark.parametrize("fields", [
+    {"shape": [0, 2 ** 61]},                                                    # found by test_blobproto_shapes
+    {"num": 1518500250, "channels": 0, "height": 0, "width": 1518500250},        # found in a long run
+    {"shape": [-1, 2]}, {"shape": [2 ** 31, 1]}, {"num": -4}])
+def test_shapes_the_fuzzer_found(fields):
+    """NumPy refuses a shape whose non-zero dims multiply past its index range even when it holds
+    nothing; every such shape is a BlobShapeError (a ProtoError and a ValueError), never NumPy's."""
+    from netspec.errors import BlobShapeError
+    proto = caffe_pb2.BlobProto()
+    for name, value in fields.items():
+        if name == "shape":
+            proto.shape.dim.extend(value)
+        else:
+            setattr(proto, name, value)
+    with pytest.raises(BlobShapeError, match="shape"):
+        blobproto_to_array(proto)
