@@ -97,3 +97,21 @@ def test_sigint_during_the_iteration_0_test_writes_the_snapshot_it_announces(wor
     state = workdir / "snap" / "tiny_iter_0.solverstate"
     assert read_state(state)["iter"] == 0 and read_side_file(state)["iter"] == 0
     assert (workdir / "snap" / "tiny_iter_0.caffemodel").is_file()
+
+
+def test_a_second_sigterm_or_sigint_aborts_with_128_plus_the_signal():
+    from solvers.cli import Aborted, SignalHandler
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = SignalHandler()
+        handler._on_signal(signum, None)
+        with pytest.raises(Aborted) as e:
+            handler._on_signal(signum, None)
+        assert e.value.signum == signum
+        assert handler.action() == "stop" and handler.stopped_by == signum and handler.wants_snapshot
+
+
+def test_sigterm_effect_none_ignores_it():
+    from solvers.cli import SignalHandler
+    handler = SignalHandler(sigterm_effect="none")
+    handler._on_signal(signal.SIGTERM, None)
+    assert handler.action() == "none" and handler.stopped_by is None

@@ -309,3 +309,21 @@ def test_stale_snapshot_temporaries_of_dead_runs_are_removed_and_logged(workdir,
     assert "Removed stale temporary" in caplog.text and ours_dead in caplog.text
     for name in (ours_alive, other_prefix, unrelated):
         assert (workdir / name).exists(), name
+
+
+def test_solve_py_reports_a_bad_side_file_and_resumes_when_told_to_ignore_it(trained, capsys):
+    from solvers import cli
+    solver, state = trained
+    (state.parent / (state.name + ".json")).write_text('{"iter": "three"}')
+    args = ["train", "--solver", "solver.prototxt", "--snapshot", state.name, "--iterations", "4"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "side file" in err and state.name + ".json" in err and "--ignore-side-file" in err
+    assert "Traceback" not in err
+    assert cli.main(args + ["--ignore-side-file"]) == 0
+    assert "Ignoring a bad side file as asked" in capsys.readouterr().err
+    assert read_state_iter(state.parent / "tiny_iter_4.solverstate") == 4
+
+
+def read_state_iter(path):
+    return snap.read_state(str(path))["iter"]
