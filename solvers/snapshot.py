@@ -37,7 +37,7 @@ from netspec import caffe_pb2
 from netspec.atomic import AtomicFile, remove_stale_temporaries as _remove_stale, temp_prefix
 from netspec.errors import CaffeError, NetError, SolverError
 from netspec.io import array_to_blobproto, atomic_write_bytes, blobproto_to_array, read_binary
-from solvers import side_file
+from solvers import hdf5, side_file
 from solvers.backend import to_numpy
 
 BINARYPROTO = caffe_pb2.SolverParameter.BINARYPROTO
@@ -120,44 +120,17 @@ def _write_atomic(path, fill_path):
 
 
 def read_hdf5(path, what, read, error=SolverError):
-    """Open the HDF5 file ``path`` and return ``read(h5file)``; every failure is ``error`` naming it.
-
-    ``read`` checks the layout it expects and raises ``error`` itself; what
-    h5py raises on an empty, truncated or foreign file becomes one message.
-    """
-    h5py = _h5py()
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise error("%s %r not found or not a regular file (resolved to %s, working directory %s)"
-                    % (what, path, os.path.abspath(path), os.getcwd()))
-    try:
-        with h5py.File(path, "r") as f:
-            return read(f)
-    except CaffeError:
-        raise
-    except (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError, AttributeError,
-            UnicodeDecodeError, MemoryError) as e:
-        raise error("cannot read %s %r: it is empty, truncated or not an HDF5 file of the expected "
-                    "layout (%s: %s)" % (what, path, type(e).__name__, e)) from None
+    """``read(h5file)`` of the HDF5 file ``path``; every failure is ``error`` naming it (solvers.hdf5)."""
+    _h5py()
+    return hdf5.read_file(path, what, read, error)
 
 
 def _dataset(h5, name, where, error=SolverError):
-    """The numeric dataset ``name`` of group ``h5``, or ``error`` saying what is there instead."""
-    h5py = _h5py()
-    item = h5.get(name)
-    if not isinstance(item, h5py.Dataset):
-        raise error("%s: %r is %s, not a dataset" % (where, name, "missing" if item is None else "a group"))
-    if item.dtype.kind not in "iuf":
-        raise error("%s: dataset %r holds %s, not numbers" % (where, name, item.dtype))
-    return item
+    return hdf5.dataset(h5, name, where, error)
 
 
 def _group(h5, name, where, error=SolverError):
-    h5py = _h5py()
-    item = h5.get(name)
-    if not isinstance(item, h5py.Group):
-        raise error("%s: %r is %s, not a group" % (where, name, "missing" if item is None else "a dataset"))
-    return item
+    return hdf5.group(h5, name, where, error)
 
 
 def _scalar_int(h5, name, where, lo, hi):

@@ -211,6 +211,28 @@ def test_hdf5_data_errors(tmp_path):
                    'hdf5_data_param { source: "%s" batch_size: 2 }' % (tmp_path / "none.txt"), ntop=1)
 
 
+
+def test_hdf5_data_damaged_files_are_named_errors(tmp_path):
+    """Truncated, foreign or non-numeric HDF5 files: a DataError naming the file, not h5py's exceptions."""
+    h5py = pytest.importorskip("h5py")
+    good = write_h5(tmp_path / "good.h5", np.zeros((4, 3), np.float32), np.arange(4))
+    raw = open(good, "rb").read()
+    (tmp_path / "truncated.h5").write_bytes(raw[:len(raw) // 2])
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with h5py.File(tmp_path / "group.h5", "w") as f:
+        f.create_group("data")
+        f["label"] = np.arange(4)
+    with h5py.File(tmp_path / "text.h5", "w") as f:
+        f["data"] = np.array([b"ab", b"cd"])
+        f["label"] = np.arange(2)
+    for name, message in [("truncated", "truncated"), ("empty", "empty"), ("group", "is a group"),
+                          ("text", "not numbers")]:
+        (tmp_path / ("%s.txt" % name)).write_text(str(tmp_path / ("%s.h5" % name)) + "\n")
+        with pytest.raises(DataError, match=message) as e:
+            make_layer('name: "h5" type: "HDF5Data" top: "data" top: "label" '
+                       'hdf5_data_param { source: "%s" batch_size: 2 }' % (tmp_path / ("%s.txt" % name)))
+        assert "%s.h5" % name in str(e.value)
+
 def test_hdf5_output_appends_every_batch(tmp_path):
     h5py = pytest.importorskip("h5py")
     data, label = Blob((2, 3)), Blob((2,))

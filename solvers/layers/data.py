@@ -20,6 +20,7 @@ import weakref
 import numpy as np
 
 from netspec.errors import DataError, resolved_path
+from solvers import hdf5
 from solvers.layer import Layer, register_layer
 
 log = logging.getLogger("caffe")
@@ -320,19 +321,22 @@ class HDF5DataLayer(_BaseData):
         self.row = 0
 
     def _load(self, index):
-        h5py = _h5py(self)
+        _h5py(self)
         path = self.files[index]
         if not os.path.exists(path):
             raise DataError("%s: HDF5 file %r (listed in %r) not found (resolved: %s, working "
                             "directory: %s)" % (self.where(), path, self.layer_param.hdf5_data_param.source,
                                                 os.path.abspath(path), os.getcwd()))
-        arrays = []
-        with h5py.File(path, "r") as f:
+        def read(f):
+            arrays = []
             for name in self.top_names:
                 if name not in f:
                     raise DataError("%s: HDF5 file %r has no dataset %r (it has %s); datasets "
                                     "are read by top name" % (self.where(), path, name, sorted(f.keys())))
-                arrays.append(np.asarray(f[name], dtype=np.float32))
+                ds = hdf5.dataset(f, name, "%s: HDF5 file %r" % (self.where(), path), DataError)
+                arrays.append(np.asarray(ds, dtype=np.float32))
+            return arrays
+        arrays = hdf5.read_file(path, "HDF5 data file", read, DataError)
         rows = {a.shape[0] if a.ndim else 0 for a in arrays}
         if len(rows) != 1 or 0 in rows:
             raise DataError("%s: datasets %s in %r must be non-empty with the same number of rows, "
