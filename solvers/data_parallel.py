@@ -398,17 +398,16 @@ class DataParallelSolver:
 
     def _restore_rank_side(self, side, state_file):
         """Another rank's part of the side file, through the checks rank 0's part went through."""
-        from solvers import solver
+        from solvers.solver import _set_state
         path = side_file_path(state_file)
         if side["rng"] is not None:
-            self._set_layer_state(solver._Generator, side["rng"], path, "rank %d" % self.rank,
-                                  "random generator")
+            _set_state(rng.set_state, side["rng"], path, "the random generator of rank %d" % self.rank)
         for name, layer_state in side["train_net"].items():
             if not self.net.has_layer(name):
                 raise SolverError("side file %r keeps the state of layer %r for rank %d, which its "
                                   "train net does not have" % (path, name, self.rank))
-            self._set_layer_state(self.net.layer_by_name(name), layer_state, path,
-                                  "train net of rank %d" % self.rank, name)
+            _set_state(self.net.layer_by_name(name).set_state, layer_state, path,
+                       "layer %r (train net of rank %d)" % (name, self.rank))
 
 
 _classes = {}

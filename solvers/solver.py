@@ -537,30 +537,26 @@ class Solver:
                  for net, states, _ in nets for name in states]
         try:
             if side["rng"] is not None:
-                self._set_layer_state(_Generator, side["rng"], path, "the solver", "random generator")
+                _set_state(rng.set_state, side["rng"], path, "the random generator")
             for net, states, which in nets:
                 for name, layer_state in states.items():
-                    self._set_layer_state(net.layer_by_name(name), layer_state, path, which, name)
+                    _set_state(net.layer_by_name(name).set_state, layer_state, path,
+                               "layer %r (%s)" % (name, which))
         except SideFileError:
             rng.set_state(saved_rng)
             for layer, layer_state in saved:
                 layer.set_state(layer_state)
             raise
 
-    @staticmethod
-    def _set_layer_state(layer, state, path, which, name):
-        """A layer's set_state, whose failure on a bad value becomes a SideFileError naming it."""
-        try:
-            layer.set_state(state)
-        except Exception as e:   # the layer's own check, or whatever its code hit on a bad value
-            raise SideFileError("side file %r: the saved state of %r (%s) does not fit it: %s%s"
-                                % (path, name, which, "" if isinstance(e, CaffeError)
-                                   else type(e).__name__ + ": ", e)) from None
 
-
-class _Generator:
-    """The toolkit's random generator, restored through the same guard as a layer."""
-    set_state = staticmethod(rng.set_state)
+def _set_state(setter, state, path, what):
+    """A layer's (or the generator's) set_state; its failure on a bad value is a SideFileError naming it."""
+    try:
+        setter(state)
+    except Exception as e:   # the layer's own check, or whatever its code hit on a bad value
+        raise SideFileError("side file %r: the saved state of %s does not fit it: %s%s"
+                            % (path, what, "" if isinstance(e, CaffeError) else type(e).__name__ + ": ",
+                               e)) from None
 
 
 _RESUME_AS_CAFFE = ("resuming as Caffe does: the data layers start again from their first record and "
