@@ -5,19 +5,19 @@ a subtree replaced by arbitrary JSON, a key dropped or added, or the bytes
 garbled. Restoring must then succeed or raise a CaffeError; with
 ``ignore_side_file`` it must always succeed; and a restored solver must go on
 training (a bad value accepted at restore must not crash later).
-Bounded to a few seconds; ``CAFFE_FUZZ_LONG=1`` runs it long (tests/fuzzing.py).
+Bounded to a few seconds; ``CAFFE_FUZZ_LONG=600`` runs each target for 600 s (tests/fuzzing.py).
 """
 import json
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (pip install hypothesis)")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from netspec.errors import CaffeError  # noqa: E402
 from solvers.solver import Solver  # noqa: E402
 
-from fuzzing import fuzz_settings  # noqa: E402
+from fuzzing import fuzz_run  # noqa: E402
 from helpers import make_digits_lmdb  # noqa: E402
 
 NET = """name: "tiny"
@@ -108,23 +108,26 @@ def _restore_and_train(setup, ignore):
     solver.test(0)
 
 
-@fuzz_settings(100)
-@given(data=st.data())
-def test_mutated_side_file_gives_only_named_errors(setup, data, monkeypatch):
+def test_mutated_side_file_gives_only_named_errors(setup, monkeypatch):
     d, solver, state, side = setup
     monkeypatch.chdir(d)
-    mutated = _mutate(side, data)
-    (d / (state + ".json")).write_text(json.dumps(mutated))
-    _restore_and_train(setup, ignore=False)
-    _restore_and_train(setup, ignore=True)
+
+    def check(data):
+        (d / (state + ".json")).write_text(json.dumps(_mutate(side, data)))
+        _restore_and_train(setup, ignore=False)
+        _restore_and_train(setup, ignore=True)
+    fuzz_run(st.data(), check, 100, "side file, mutated JSON")
 
 
-@fuzz_settings(40)
-@given(raw=st.binary(max_size=64), cut=st.integers(0, 4000))
-def test_garbled_side_file_bytes_give_only_named_errors(setup, raw, cut, monkeypatch):
+def test_garbled_side_file_bytes_give_only_named_errors(setup, monkeypatch):
     d, solver, state, side = setup
     monkeypatch.chdir(d)
     text = json.dumps(side).encode()
-    (d / (state + ".json")).write_bytes(text[:cut] + raw + text[cut:])
-    _restore_and_train(setup, ignore=False)
-    _restore_and_train(setup, ignore=True)
+
+    def check(garble):
+        cut, raw = garble
+        (d / (state + ".json")).write_bytes(text[:cut] + raw + text[cut:])
+        _restore_and_train(setup, ignore=False)
+        _restore_and_train(setup, ignore=True)
+    fuzz_run(st.tuples(st.integers(0, len(text)), st.binary(max_size=64)), check, 40,
+             "side file, garbled bytes")
