@@ -79,10 +79,12 @@ def _set_dtype(blobs, dtype):
             buf = getattr(blob, buf_name)
             if buf.dtype == dtype:
                 continue
-            new = converted.get(id(buf))
+            # keyed by id, the original kept alive with its copy: a diff allocated on first use
+            # must not get the id of a buffer freed earlier in this loop
+            new = converted.get(id(buf), (None, None))[1]
             if new is None:
                 new = buf.astype(dtype)
-                converted[id(buf)] = new
+                converted[id(buf)] = (buf, new)
             setattr(blob, buf_name, new)
             setattr(blob, view_name, new[:blob.count].reshape(blob.shape))
 
