@@ -188,3 +188,180 @@ def test_lstm_unit_forward_and_gradients():
         layer.backward(top, [True, True, True], bottoms)
     with pytest.raises(LayerError, match="4 \\* H"):
         create_layer(lp).setup([blob(c_prev), blob(rnd(1, 3, 7)), blob(cont)], [Blob(), Blob()])
+
+
+# -- Caffe's equations, forward and backward, written independently in float64 ------------------
+#
+# LSTM (lstm_layer.cpp unrolls this; lstm_unit_layer.cpp is one step; gate order i, f, o, g):
+#   a_t = W_xc x_t + b_c + W_hc (cont_t h_{t-1})
+#   i, f, o = sigmoid(a_i, a_f, a_o); g = tanh(a_g)
+#   c_t = cont_t f c_{t-1} + i g;  h_t = o tanh(c_t)
+# RNN (rnn_layer.cpp): h_t = tanh(W_xh x_t + b_h + W_hh (cont_t h_{t-1})); o_t = tanh(W_ho h_t + b_o)
+# BVLC Caffe's recurrent_param has no clipping_threshold (an older fork's "Lstm" layer had one);
+# clipping is the solver's clip_gradients.
+
+def lstm_forward_backward(x, cont, w_xc, b_c, w_hc, h0, c0, dtop, dh_T=None, dc_T=None):
+    """Outputs and every gradient of sum(dtop * h) (+ dh_T . h_T + dc_T . c_T), by hand-written BPTT."""
+    T, N, _ = x.shape
+    H = h0.shape[-1]
+    h, c, steps = h0, c0, []
+    for t in range(T):
+        hc = cont[t][:, None] * h
+        a = x[t] @ w_xc.T + b_c + hc @ w_hc.T
+        i, f, o, g = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), sigmoid(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+        c_prev = c
+        c = cont[t][:, None] * f * c_prev + i * g
+        h = o * np.tanh(c)
+        steps.append((hc, c_prev, i, f, o, g, c, h))
+    out, h_T, c_T = np.stack([s[-1] for s in steps]), h, c
+    grads = dict(x=np.zeros_like(x), w_xc=np.zeros_like(w_xc), b_c=np.zeros_like(b_c),
+                 w_hc=np.zeros_like(w_hc))
+    dh_next = np.zeros((N, H)) if dh_T is None else dh_T.copy()
+    dc_next = np.zeros((N, H)) if dc_T is None else dc_T.copy()
+    for t in range(T - 1, -1, -1):
+        hc, c_prev, i, f, o, g, c, h = steps[t]
+        k = cont[t][:, None]
+        dh = dtop[t] + dh_next
+        dc = dc_next + dh * o * (1 - np.tanh(c) ** 2)
+        da = np.concatenate([dc * g * i * (1 - i),
+                             dc * k * c_prev * f * (1 - f),
+                             dh * np.tanh(c) * o * (1 - o),
+                             dc * i * (1 - g * g)], axis=1)
+        grads["x"][t] = da @ w_xc
+        grads["w_xc"] += da.T @ x[t]
+        grads["b_c"] += da.sum(axis=0)
+        grads["w_hc"] += da.T @ hc
+        dh_next = k * (da @ w_hc)
+        dc_next = dc * k * f
+    grads["h0"], grads["c0"] = dh_next, dc_next
+    return out, h_T, c_T, grads
+
+
+def rnn_forward_backward(x, cont, w_xh, b_h, w_hh, w_ho, b_o, h0, dtop):
+    T, N, _ = x.shape
+    h, hs, hcs, outs = h0, [], [], []
+    for t in range(T):
+        hc = cont[t][:, None] * h
+        h = np.tanh(x[t] @ w_xh.T + b_h + hc @ w_hh.T)
+        hs.append(h)
+        hcs.append(hc)
+        outs.append(np.tanh(h @ w_ho.T + b_o))
+    grads = dict(x=np.zeros_like(x), w_xh=np.zeros_like(w_xh), b_h=np.zeros_like(b_h),
+                 w_hh=np.zeros_like(w_hh), w_ho=np.zeros_like(w_ho), b_o=np.zeros_like(b_o))
+    dh_next = np.zeros_like(h0)
+    for t in range(T - 1, -1, -1):
+        do = dtop[t] * (1 - outs[t] ** 2)
+        grads["w_ho"] += do.T @ hs[t]
+        grads["b_o"] += do.sum(axis=0)
+        da = (do @ w_ho + dh_next) * (1 - hs[t] ** 2)
+        grads["x"][t] = da @ w_xh
+        grads["w_xh"] += da.T @ x[t]
+        grads["b_h"] += da.sum(axis=0)
+        grads["w_hh"] += da.T @ hcs[t]
+        dh_next = cont[t][:, None] * (da @ w_hh)
+    return np.stack(outs), h, grads
+
+
+# Resets in the middle of the batch, in different streams at different steps.
+CONT_MID = np.array([[1, 0, 1], [1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]], np.float32)
+
+
+def _run(layer, bottoms, top, dtop):
+    layer.forward(bottoms, top)
+    for b in layer.blobs:
+        b.diff[...] = 0
+    top[0].diff[...] = dtop
+    for t in top[1:]:
+        t.diff[...] = 0
+    layer.backward(top, [True, False] + [True] * (len(bottoms) - 2), bottoms)
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+
+
+def test_lstm_forward_and_backward_match_caffes_equations_with_resets_and_carried_state():
+    """Two batches: the second starts from the state the first carried (cont = 1 at t = 0 for two
+    streams), with resets mid-batch; outputs, input and weight gradients equal the reference."""
+    T, N, D = CONT_MID.shape[0], CONT_MID.shape[1], 4
+    x1, x2 = rnd(T, N, D, seed=11), rnd(T, N, D, seed=12)
+    first = np.ones((T, N), np.float32)
+    first[0] = 0
+    layer = create_layer(lp_of("LSTM"))
+    top = [Blob()]
+    layer.setup([blob(x1), blob(first)], top)
+    layer.forward([blob(x1), blob(first)], top)
+    w_xc, b_c, w_hc = (b.data.astype(np.float64) for b in layer.blobs)
+    zeros = np.zeros((N, 3))
+    _, h1, c1, _ = lstm_forward_backward(x1, first, w_xc, b_c, w_hc, zeros, zeros, np.zeros((T, N, 3)))
+    dtop = rnd(T, N, 3, seed=13)
+    bottoms = [blob(x2), blob(CONT_MID)]
+    _run(layer, bottoms, top, dtop)
+    want, _, _, grads = lstm_forward_backward(x2, CONT_MID, w_xc, b_c, w_hc, h1, c1, dtop)
+    _close(top[0].data, want)
+    _close(bottoms[0].diff, grads["x"])
+    for blob_, name in zip(layer.blobs, ("w_xc", "b_c", "w_hc")):
+        _close(blob_.diff, grads[name])
+
+
+def test_lstm_expose_hidden_gradients_match_caffes_equations():
+    T, N, D = CONT_MID.shape[0], CONT_MID.shape[1], 2
+    x, h0, c0 = rnd(T, N, D, seed=21), rnd(1, N, 3, seed=22), rnd(1, N, 3, seed=23)
+    layer = create_layer(lp_of("LSTM", "expose_hidden: true", ntop=3))
+    top = [Blob(), Blob(), Blob()]
+    bottoms = [blob(x), blob(CONT_MID), blob(h0), blob(c0)]
+    layer.setup(bottoms, top)
+    layer.forward(bottoms, top)
+    dtop, dh_T, dc_T = rnd(T, N, 3, seed=24), rnd(N, 3, seed=25), rnd(N, 3, seed=26)
+    for b in layer.blobs:
+        b.diff[...] = 0
+    top[0].diff[...], top[1].diff[...], top[2].diff[...] = dtop, dh_T[None], dc_T[None]
+    layer.backward(top, [True, False, True, True], bottoms)
+    params = [b.data.astype(np.float64) for b in layer.blobs]
+    want, h_T, c_T, grads = lstm_forward_backward(x, CONT_MID, *params, h0[0], c0[0], dtop, dh_T, dc_T)
+    _close(top[0].data, want)
+    _close(top[1].data[0], h_T)
+    _close(top[2].data[0], c_T)
+    _close(bottoms[0].diff, grads["x"])
+    _close(bottoms[2].diff[0], grads["h0"])
+    _close(bottoms[3].diff[0], grads["c0"])
+    for blob_, name in zip(layer.blobs, ("w_xc", "b_c", "w_hc")):
+        _close(blob_.diff, grads[name])
+
+
+def test_rnn_forward_and_backward_match_caffes_equations_with_resets():
+    T, N, D = CONT_MID.shape[0], CONT_MID.shape[1], 4
+    x = rnd(T, N, D, seed=31)
+    layer = create_layer(lp_of("RNN"))
+    top = [Blob()]
+    bottoms = [blob(x), blob(CONT_MID)]
+    layer.setup(bottoms, top)
+    dtop = rnd(T, N, 3, seed=32)
+    _run(layer, bottoms, top, dtop)   # carried is None: h_0 = 0 where cont_0 = 1
+    params = [b.data.astype(np.float64) for b in layer.blobs]
+    want, _, grads = rnn_forward_backward(x, CONT_MID, *params, np.zeros((N, 3)), dtop)
+    _close(top[0].data, want)
+    _close(bottoms[0].diff, grads["x"])
+    for blob_, name in zip(layer.blobs, ("w_xh", "b_h", "w_hh", "w_ho", "b_o")):
+        _close(blob_.diff, grads[name])
+
+
+@pytest.mark.parametrize("type_", ["LSTM", "RNN"])
+def test_carried_state_survives_get_state_and_set_state(type_):
+    """The carried state is what a snapshot keeps, so a resumed run continues each stream exactly."""
+    import json
+    x, cont = rnd(3, 2, 4, seed=41), np.ones((3, 2), np.float32)
+    a, b = create_layer(lp_of(type_)), create_layer(lp_of(type_))
+    ta, tb = [Blob()], [Blob()]
+    a.setup([blob(x), blob(cont)], ta)
+    b.setup([blob(x), blob(cont)], tb)
+    for p, q in zip(a.blobs, b.blobs):
+        q.data[...] = p.data
+    assert json.loads(json.dumps(a.get_state())) == {"carried": None}
+    a.forward([blob(x), blob(cont)], ta)
+    b.set_state(json.loads(json.dumps(a.get_state())))   # through JSON, as the side file stores it
+    a.forward([blob(x), blob(cont)], ta)
+    b.forward([blob(x), blob(cont)], tb)
+    np.testing.assert_array_equal(ta[0].data, tb[0].data)
+    with pytest.raises(LayerError, match="saved recurrent state"):
+        b.set_state({"carried": [[[0.0] * 3]]})

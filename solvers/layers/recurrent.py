@@ -17,7 +17,16 @@ the sequence-continuation flag: where cont_t == 0 the state carried into step
 t is dropped (h_{t-1} and, for LSTM, the forget gate are multiplied by cont_t).
 Without ``expose_hidden`` the final state of one forward is the initial state
 of the next, as in Caffe (truncated BPTT across batches); gradients never
-flow across that boundary.
+flow across that boundary. That carried state is part of ``get_state()``, so
+a resumed snapshot continues every stream where it stopped (Caffe's snapshot
+forgets it and restarts from zeros).
+
+Speed: the Python loop runs over time steps only. Per step the forward does
+one (N, H) x (H, 4H) product and a few in-place element-wise operations; the
+backward does one (N, 4H) x (4H, H) product, everything that does not depend
+on the incoming gradient having been computed for all steps at once. Weight
+gradients are one product over all T * N rows each. Steps where every stream
+has cont = 1 skip the cont multiplications.
 
 Where Caffe is silent this code does what a user would expect: with
 ``expose_hidden``, diffs on the final-state tops flow into the sequence and the
@@ -25,6 +34,9 @@ initial-state bottoms receive their gradient (Caffe drops both).
 """
 import logging
 
+import numpy as np
+
+from solvers.backend import to_numpy
 from solvers.blob import Blob
 from solvers.fillers import fill
 from solvers.layer import Layer, register_layer
@@ -116,6 +128,28 @@ class _RecurrentLayer(Layer):
                 t.reshape(state_shape)
         top[0].reshape((self.T, n, self.H))
 
+    # -- resumable state: the carried h (and c), so a resumed run continues each stream exactly
+    def get_state(self):
+        if self.expose_hidden:
+            return None
+        if self.carried is None:
+            return {"carried": None}
+        return {"carried": [to_numpy(s).tolist() for s in self.carried]}
+
+    def set_state(self, state):
+        if self.expose_hidden or state is None:
+            return
+        carried = state.get("carried")
+        if carried is None:
+            self.carried = None
+            return
+        xp = self.xp_of(self.blobs[0])
+        arrays = [xp.asarray(np.asarray(s, dtype=np.float32)) for s in carried]
+        if len(arrays) != len(self.state_names) or any(a.shape != (self.N, self.H) for a in arrays):
+            raise self.error("saved recurrent state has shapes %s, the layer needs %d of (%d, %d)"
+                             % ([a.shape for a in arrays], len(self.state_names), self.N, self.H))
+        self.carried = arrays
+
     # -- helpers -----------------------------------------------------------
     def _initial_states(self, xp, bottom):
         if self.expose_hidden:
@@ -191,7 +225,7 @@ class RNNLayer(_RecurrentLayer):
         hs = xp.empty((T + 1, N, H), dtype=pre.dtype)
         hc = xp.empty((T, N, H), dtype=pre.dtype)
         hs[0] = h0
-        whh_t = w_hh.data.T
+        whh_t = xp.ascontiguousarray(w_hh.data.T)
         for t in range(T):
             hc[t] = cont[t] * hs[t]
             hs[t + 1] = xp.tanh(pre[t] + hc[t] @ whh_t)
@@ -256,23 +290,28 @@ class LSTMLayer(_RecurrentLayer):
         xp = self.xp_of(bottom[0])
         w_xc, b_c, w_s, w_hc = self._params()
         T, N, H = self.T, self.N, self.H
-        pre, static = self._input_transform(xp, bottom, w_xc.data, b_c.data, w_s.data if w_s else None)
+        acts, static = self._input_transform(xp, bottom, w_xc.data, b_c.data, w_s.data if w_s else None)
         if static is not None:
-            pre += static
+            acts += static
         cont = bottom[1].data.reshape(T, N, 1)
+        resets = _reset_steps(xp, cont)
         h0, c0 = self._initial_states(xp, bottom)
-        dt = pre.dtype
+        dt = acts.dtype
         hs = xp.empty((T + 1, N, H), dtype=dt)
         cs = xp.empty((T + 1, N, H), dtype=dt)
-        hc = xp.empty((T, N, H), dtype=dt)
-        acts = xp.empty((T, N, 4 * H), dtype=dt)   # i, f (times cont), o, g after their nonlinearity
+        tanh_c = xp.empty((T, N, H), dtype=dt)
+        rec = xp.empty((N, 4 * H), dtype=dt)
         hs[0], cs[0] = h0, c0
-        whc_t = w_hc.data.T
+        whc_t = xp.ascontiguousarray(w_hc.data.T)   # BLAS runs the small products faster on it
         for t in range(T):
-            hc[t] = cont[t] * hs[t]
-            _lstm_step(xp, pre[t] + hc[t] @ whc_t, cs[t], cont[t], acts[t], cs[t + 1], hs[t + 1])
+            # acts[t] holds W_xc x_t + b_c; add W_hc (cont_t h_{t-1}), then the gates in place
+            xp.matmul(hs[t], whc_t, out=rec)
+            if resets[t]:
+                rec *= cont[t]
+            acts[t] += rec
+            _lstm_step(xp, acts[t], cs[t], cont[t] if resets[t] else None, cs[t + 1], tanh_c[t], hs[t + 1])
         top[0].data[...] = hs[1:]
-        self.hs, self.cs, self.hc, self.acts = hs, cs, hc, acts
+        self.hs, self.cs, self.tanh_c, self.acts = hs, cs, tanh_c, acts
         if self.expose_hidden:
             top[1].data.reshape(N, H)[...] = hs[T]
             top[2].data.reshape(N, H)[...] = cs[T]
@@ -285,58 +324,102 @@ class LSTMLayer(_RecurrentLayer):
         w_xc, b_c, w_s, w_hc = self._params()
         T, N, H = self.T, self.N, self.H
         cont = bottom[1].data.reshape(T, N, 1)
-        dh_out = top[0].diff
-        dt = dh_out.dtype
+        resets = _reset_steps(xp, cont)
+        dh = top[0].diff.copy()   # dL/dh_t, gathering the recurrent term as the loop goes back
+        dt = dh.dtype
         if self.expose_hidden:
-            dh_next = top[1].diff.reshape(N, H).copy()
-            dc_next = top[2].diff.reshape(N, H).copy()
+            dh[T - 1] += top[1].diff.reshape(N, H)
+            dc = top[2].diff.reshape(N, H).copy()
         else:
-            dh_next = xp.zeros((N, H), dt)
-            dc_next = xp.zeros((N, H), dt)
+            dc = xp.zeros((N, H), dt)
+        dc_through_h, gate_factor = _lstm_backward_factors(xp, self.acts, self.cs[:-1], self.tanh_c)
         dpre = xp.empty((T, N, 4 * H), dtype=dt)
+        dct = xp.empty((N, H), dtype=dt)
+        rec = xp.empty((N, H), dtype=dt)
+        dh_prev = xp.empty((N, H), dtype=dt) if self.expose_hidden else None
         w = w_hc.data
         for t in range(T - 1, -1, -1):
-            dc_next = _lstm_step_backward(xp, self.acts[t], self.cs[t], self.cs[t + 1],
-                                          dh_out[t] + dh_next, dc_next, dpre[t])
-            dh_next = (dpre[t] @ w) * cont[t]
+            _lstm_step_backward(xp, dh[t], dc, dc_through_h[t], gate_factor[t], self.acts[t], dct, dpre[t])
+            if t == 0 and dh_prev is None:
+                break
+            xp.matmul(dpre[t], w, out=rec)   # dL/d(cont_t h_{t-1}), times cont: dL/dh_{t-1}
+            if resets[t]:
+                rec *= cont[t]
+            if t > 0:
+                dh[t - 1] += rec
+            else:
+                dh_prev[...] = rec
         if self.param_propagate_down[-1]:
-            w_hc.diff += dpre.reshape(T * N, 4 * H).T @ self.hc.reshape(T * N, H)
+            hc = self.hs[:-1] * cont          # the h_{t-1} that W_hc saw
+            w_hc.diff += dpre.reshape(T * N, 4 * H).T @ hc.reshape(T * N, H)
         self._backward_inputs(xp, top, propagate_down, bottom, dpre, w_xc, b_c, w_s)
         if self.expose_hidden:
             first = 3 if self.static_input else 2
             if propagate_down[first]:
-                bottom[first].diff.reshape(N, H)[...] = dh_next
+                bottom[first].diff.reshape(N, H)[...] = dh_prev
             if propagate_down[first + 1]:
-                bottom[first + 1].diff.reshape(N, H)[...] = dc_next
+                bottom[first + 1].diff.reshape(N, H)[...] = dc
         self._debug("Backward", [("dpre", dpre)])
 
 
-def _lstm_step(xp, gate_input, c_prev, cont, acts, c_out, h_out):
-    """One LSTM step for all streams: writes activations (i, f, o, g), c_t and h_t in place.
+def _reset_steps(xp, cont):
+    """Per step, whether any stream has cont != 1 there (only those steps need the cont multiply)."""
+    return [bool(r) for r in (cont != 1).any(axis=(1, 2)).tolist()]
 
-    f is multiplied by cont (and is 0 where cont == 0), exactly as Caffe's LSTMUnit.
+
+def _sigmoid_(xp, x):
+    """sigmoid(x) in place, in the tanh form (no overflow warnings for large |x|)."""
+    x *= 0.5
+    xp.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+
+
+def _lstm_step(xp, gates, c_prev, cont, c_out, tanh_c_out, h_out):
+    """One LSTM step for all streams, in place: gates (N, 4H) becomes the activations (i, f, o, g).
+
+    f is multiplied by cont (0 where a sequence starts), exactly as Caffe's
+    LSTMUnit; cont None means 1 for every stream. Writes c_t, tanh(c_t), h_t.
     """
     H = c_prev.shape[-1]
-    acts[..., :3 * H] = _sigmoid(xp, gate_input[..., :3 * H])
-    acts[..., 3 * H:] = xp.tanh(gate_input[..., 3 * H:])
-    f = acts[..., H:2 * H]
-    f *= cont
-    f[...] = xp.where(cont == 0, 0, f)
-    c_out[...] = f * c_prev + acts[..., :H] * acts[..., 3 * H:]
-    h_out[...] = acts[..., 2 * H:3 * H] * xp.tanh(c_out)
+    _sigmoid_(xp, gates[..., :3 * H])
+    i, f, o, g = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+    xp.tanh(g, out=g)
+    if cont is not None:
+        f *= cont
+    xp.multiply(f, c_prev, out=c_out)
+    xp.multiply(i, g, out=h_out)      # h_out as scratch for i * g
+    c_out += h_out
+    xp.tanh(c_out, out=tanh_c_out)
+    xp.multiply(o, tanh_c_out, out=h_out)
 
 
-def _lstm_step_backward(xp, acts, c_prev, c, dh, dc, dgate):
-    """Backward of one step: fills dgate (d gate_input, order i, f, o, g), returns d c_prev."""
-    H = c.shape[-1]
+def _lstm_backward_factors(xp, acts, c_prev, tanh_c):
+    """What backward needs per step that does not depend on the incoming gradient (all steps at once).
+
+    Returns dc_through_h = o * (1 - tanh(c)^2), the factor from dL/dh_t to dL/dc_t, and
+    gate_factor (..., 4H): d(gate input)/dc_t for i, f, g and d(gate input)/dh_t for o.
+    """
+    H = tanh_c.shape[-1]
     i, f, o, g = acts[..., :H], acts[..., H:2 * H], acts[..., 2 * H:3 * H], acts[..., 3 * H:]
-    tanh_c = xp.tanh(c)
-    dct = dc + dh * o * (1 - tanh_c * tanh_c)
-    dgate[..., :H] = dct * g * i * (1 - i)
-    dgate[..., H:2 * H] = dct * c_prev * f * (1 - f)   # Caffe's form: f already holds cont * sigmoid
-    dgate[..., 2 * H:3 * H] = dh * tanh_c * o * (1 - o)
-    dgate[..., 3 * H:] = dct * i * (1 - g * g)
-    return dct * f
+    dc_through_h = o * (1 - tanh_c * tanh_c)
+    gate_factor = xp.empty(acts.shape, dtype=acts.dtype)
+    gate_factor[..., :H] = g * i * (1 - i)
+    gate_factor[..., H:2 * H] = c_prev * f * (1 - f)   # Caffe's form: f already holds cont * sigmoid
+    gate_factor[..., 2 * H:3 * H] = tanh_c * o * (1 - o)
+    gate_factor[..., 3 * H:] = i * (1 - g * g)
+    return dc_through_h, gate_factor
+
+
+def _lstm_step_backward(xp, dh, dc, dc_through_h, gate_factor, acts, dct, dgate):
+    """Backward of one step: dgate (N, 4H) from dL/dh_t and dL/dc_t; dc becomes dL/dc_{t-1} in place."""
+    H = dh.shape[-1]
+    xp.multiply(dh, dc_through_h, out=dct)
+    dct += dc
+    n = dct.shape[0]
+    xp.multiply(gate_factor.reshape(n, 4, H), dct.reshape(n, 1, H), out=dgate.reshape(n, 4, H))
+    xp.multiply(dh, gate_factor[..., 2 * H:3 * H], out=dgate[..., 2 * H:3 * H])
+    xp.multiply(dct, acts[..., H:2 * H], out=dc)
 
 
 @register_layer("LSTMUnit")
@@ -369,13 +452,11 @@ class LSTMUnitLayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp_of(bottom[0])
         n, H = bottom[0].shape[1], self.H
-        self.acts = xp.empty((n, 4 * H), dtype=bottom[1].data.dtype)
-        c_prev = bottom[0].data.reshape(n, H)
-        c_out = top[0].data.reshape(n, H)
-        h_out = top[1].data.reshape(n, H)
-        _lstm_step(xp, bottom[1].data.reshape(n, 4 * H), c_prev, bottom[2].data.reshape(n, 1),
-                   self.acts, c_out, h_out)
-        self.c_prev = c_prev.copy() if top[0] is bottom[0] else None
+        self.acts = bottom[1].data.reshape(n, 4 * H).copy()   # becomes the activations in place
+        self.c_prev = bottom[0].data.reshape(n, H).copy()     # kept: top 0 may overwrite bottom 0
+        self.tanh_c = xp.empty((n, H), dtype=self.acts.dtype)
+        _lstm_step(xp, self.acts, self.c_prev, bottom[2].data.reshape(n, 1), top[0].data.reshape(n, H),
+                   self.tanh_c, top[1].data.reshape(n, H))
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[2]:
@@ -385,11 +466,12 @@ class LSTMUnitLayer(Layer):
             return
         xp = self.xp_of(top[0])
         n, H = bottom[0].shape[1], self.H
-        c_prev = self.c_prev if self.c_prev is not None else bottom[0].data.reshape(n, H)
-        dgate = xp.empty((n, 4 * H), dtype=top[0].diff.dtype)
-        dc_prev = _lstm_step_backward(xp, self.acts, c_prev, top[0].data.reshape(n, H),
-                                      top[1].diff.reshape(n, H), top[0].diff.reshape(n, H), dgate)
+        dc_through_h, gate_factor = _lstm_backward_factors(xp, self.acts, self.c_prev, self.tanh_c)
+        dc = top[0].diff.reshape(n, H).copy()   # becomes dL/dc_{t-1}
+        dgate = xp.empty((n, 4 * H), dtype=dc.dtype)
+        _lstm_step_backward(xp, top[1].diff.reshape(n, H), dc, dc_through_h, gate_factor, self.acts,
+                            xp.empty_like(dc), dgate)
         if propagate_down[0]:
-            bottom[0].diff.reshape(n, H)[...] = dc_prev
+            bottom[0].diff.reshape(n, H)[...] = dc
         if propagate_down[1]:
             bottom[1].diff.reshape(n, 4 * H)[...] = dgate
