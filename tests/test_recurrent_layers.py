@@ -365,3 +365,5 @@ def test_carried_state_survives_get_state_and_set_state(type_):
     np.testing.assert_array_equal(ta[0].data, tb[0].data)
     with pytest.raises(LayerError, match="saved recurrent state"):
         b.set_state({"carried": [[[0.0] * 3]]})
+    with pytest.raises(LayerError, match="not a list of number arrays"):
+        b.set_state({"carried": [[["x", [1]]]]})

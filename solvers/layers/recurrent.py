@@ -143,12 +143,15 @@ class _RecurrentLayer(Layer):
         if carried is None:
             self.carried = None
             return
-        xp = self.xp_of(self.blobs[0])
-        arrays = [xp.asarray(np.asarray(s, dtype=np.float32)) for s in carried]
+        try:
+            arrays = [np.asarray(s, dtype=np.float32) for s in carried]
+        except (TypeError, ValueError) as e:
+            raise self.error("saved recurrent state is not a list of number arrays (%s)" % e) from None
         if len(arrays) != len(self.state_names) or any(a.shape != (self.N, self.H) for a in arrays):
             raise self.error("saved recurrent state has shapes %s, the layer needs %d of (%d, %d)"
                              % ([a.shape for a in arrays], len(self.state_names), self.N, self.H))
-        self.carried = arrays
+        xp = self.xp_of(self.blobs[0])
+        self.carried = [xp.asarray(a) for a in arrays]
 
     # -- helpers -----------------------------------------------------------
     def _initial_states(self, xp, bottom):
