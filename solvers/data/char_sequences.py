@@ -109,7 +109,11 @@ def stream_layout(ids, streams, steps):
 
 def write_sequences_hdf5(path, data, label, cont):
     """Write the three datasets to ``path`` (atomically: a temporary file, then a rename)."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("writing %r needs the h5py package (pip install h5py, or pip install -e '.[hdf5]')"
+                        % os.fspath(path)) from None
     path = os.fspath(path)
     tmp = path + ".tmp"
     try:
