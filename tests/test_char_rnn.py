@@ -201,12 +201,13 @@ def test_training_beats_the_unigram_baseline_and_report_says_so(trained, capsys)
 
 
 def test_resume_continues_the_carried_state_exactly(trained, capsys):
-    """Snapshot at 60, resume to 120: the same weights as the run without a stop (the LSTMs' carried
-    state and the HDF5 position are in the snapshot's side file)."""
+    """Snapshot at 60, resume to 120 with `caffe train -snapshot`: the same weights as the run without
+    a stop (the LSTMs' carried state and the HDF5 position are in the snapshot's side file)."""
     work, paths, _ = trained
     straight = caffemodel_params(work / "char_rnn_iter_120.caffemodel")
     (work / "char_rnn_iter_120.caffemodel").unlink()
-    rc = cli.main(["train", "--solver", str(paths[3]), "--snapshot", str(work / "char_rnn_iter_60.solverstate")])
+    from solvers.caffe_tool import main as caffe   # the `caffe` command, in Caffe's flag spelling
+    rc = caffe(["train", "-solver", str(paths[3]), "-snapshot", str(work / "char_rnn_iter_60.solverstate")])
     capsys.readouterr()
     assert rc == 0
     resumed = caffemodel_params(work / "char_rnn_iter_120.caffemodel")
