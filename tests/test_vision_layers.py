@@ -141,6 +141,46 @@ def test_im2col_batch_last_and_per_image_layouts(shape, geo):
                                rtol=1e-12)
 
 
+def _col2im_by_loops(y, x_shape, kernel, pad, stride, dilation):
+    """col2im written out: every column entry added to the input pixel it was read from."""
+    from solvers.im2col import out_shape
+    n, c = x_shape[:2]
+    osp = out_shape(x_shape[2:], kernel, pad, stride, dilation)
+    blocks = y.reshape((c,) + tuple(kernel) + (n,) + osp)
+    acc = np.zeros((n, c) + tuple(s + 2 * p for s, p in zip(x_shape[2:], pad)))
+    for idx in np.ndindex(blocks.shape):
+        ch, ks, img, os_ = idx[0], idx[1:1 + len(kernel)], idx[1 + len(kernel)], idx[2 + len(kernel):]
+        pos = tuple(o * st + k * d for o, st, k, d in zip(os_, stride, ks, dilation))
+        acc[(img, ch) + pos] += blocks[idx]
+    return acc[(slice(None), slice(None)) + tuple(slice(p, p + s) for p, s in zip(pad, x_shape[2:]))]
+
+
+@pytest.mark.parametrize("shape,geo", [
+    ((2, 3, 9, 11), ((7, 7), (1, 1), (4, 4), (1, 1))),       # AlexNet-like 11x11 / 4 in small
+    ((1, 2, 3, 3), ((9, 9), (4, 4), (5, 5), (1, 1))),         # FCN's k63 s32 Deconvolution in small
+    ((2, 2, 8, 7), ((5, 3), (2, 0), (2, 3), (1, 1))),         # uneven kernel/stride, one axis k == s
+    ((2, 1, 7, 7), ((2, 2), (0, 0), (3, 3), (1, 1))),         # stride larger than the kernel
+    ((1, 2, 6, 5, 7), ((4, 3, 5), (1, 0, 2), (2, 2, 3), (1, 1, 1))),
+])
+def test_col2im_by_phase_is_the_adjoint_in_every_layout(shape, geo):
+    """Strided kernels add by phase (ceil(k/s) adds per axis): the same sums as one add per entry."""
+    from solvers.im2col import _by_phase, col2im, im2col
+    assert _by_phase(shape, *geo)
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(shape)
+    n = shape[0]
+    col = im2col(x, *geo)
+    y = rng.standard_normal(col.shape)
+    want = _col2im_by_loops(y, shape, *geo)
+    np.testing.assert_allclose(col2im(y, shape, *geo), want, rtol=1e-12, atol=1e-12)
+    rows = col.shape[0]
+    y_last = y.reshape(rows, n, -1).transpose(0, 2, 1).reshape(rows, -1)
+    np.testing.assert_allclose(col2im(y_last, shape, *geo, batch_last=True), want, rtol=1e-12, atol=1e-12)
+    y_img = y.reshape(rows, n, -1).transpose(1, 0, 2)
+    np.testing.assert_allclose(col2im(y_img, shape, *geo, per_image=True), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose((x * want).sum(), (col * y).sum(), rtol=1e-12)
+
+
 def test_im2col_3d_adjoint():
     from solvers.im2col import col2im, im2col
     rng = np.random.default_rng(13)

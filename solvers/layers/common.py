@@ -7,6 +7,7 @@ order, bottom diffs are overwritten and parameter diffs accumulated.
 """
 from solvers.blob import Blob
 from solvers.fillers import fill
+from solvers.gemm import add_matmul
 from solvers.layer import Layer, register_layer
 
 
@@ -117,7 +118,7 @@ class InnerProductLayer(Layer):
         w = self.blobs[0]
         if self.param_propagate_down[0]:
             x = bottom[0].data.reshape(self.M, self.K)
-            w.diff += (x.T @ dy) if self.transpose else (dy.T @ x)
+            add_matmul(x.T, dy, w.diff) if self.transpose else add_matmul(dy.T, x, w.diff)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:

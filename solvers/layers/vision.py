@@ -16,6 +16,7 @@ import numpy as np
 from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
+from solvers.gemm import add_matmul, add_matmul_sum
 from solvers.im2col import (col2im, col2im_scratch_shape, im2col, im2col_scratch_shape, out_shape, pad_input,
                             strided_view)
 from solvers.layer import Layer, register_layer
@@ -445,10 +446,10 @@ class ConvolutionLayer(_BaseConvolution):
                 else:
                     dy_mat = _scratch(dy, 2, (m, npix))
                     dy_mat.reshape(m, n, -1)[...] = dy.transpose(1, 0, 2)
-                # dW^T = col @ dy^T: the long pixel axis is the inner dimension of both
-                # operands as stored (faster in OpenBLAS than dy @ col^T).
-                dw_t = xp.matmul(col.reshape(G, -1, npix), dy_mat.reshape(G, m // G, npix).transpose(0, 2, 1))
-                self.blobs[0].diff += dw_t.transpose(0, 2, 1).reshape(self.blobs[0].shape)
+                # dW += dy @ col^T, in the diff's own (M, C*K) layout: no transpose and no
+                # weight-sized temporary (FCN's fc6 weights are 400 MB; few pixels meet them).
+                add_matmul(dy_mat.reshape(G, m // G, npix), col.reshape(G, -1, npix).transpose(0, 2, 1),
+                           self.blobs[0].diff.reshape(G, m // G, -1))
             if propagate_down[i]:
                 # The columns are spent once dW is summed: the input gradient's columns
                 # overwrite them (a backward without a new forward recomputes them).
@@ -456,7 +457,7 @@ class ConvolutionLayer(_BaseConvolution):
                 dcol = col
                 xp.matmul(w.transpose(0, 2, 1), dy_t.reshape(G, m // G, npix),
                           out=dcol.reshape(G, -1, npix))
-                scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.pad, True))
+                scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.kernel, g.pad, g.stride, g.dilation, True))
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
 
@@ -475,16 +476,17 @@ class ConvolutionLayer(_BaseConvolution):
         dy4 = dy.reshape(n, G, m // G, npix)
         need_w = self.param_propagate_down[0]
         need_b = fold and self.param_propagate_down[1]
-        if need_w or need_b:  # sum over images of dy_n @ col_n^T
-            dw = xp.matmul(dy4, col.reshape(n, G, -1, npix).transpose(0, 1, 3, 2)).sum(axis=0)
-            if need_w:
-                self.blobs[0].diff += dw[..., :rows // G].reshape(self.blobs[0].shape)
-            if need_b:
-                self.blobs[1].diff += dw[0, :, rows]
+        if need_w:  # sum over images of dy_n @ col_n^T, added straight into the diff
+            add_matmul_sum(dy4, col.reshape(n, G, -1, npix).transpose(0, 1, 3, 2),
+                           self.blobs[0].diff.reshape(G, m // G, rows // G),
+                           last_column=self.blobs[1].diff if need_b else None)
+        elif need_b:
+            self.blobs[1].diff += dy.sum(axis=(0, 2))
         if need_x:
             dcol = col[:, :rows] if fold else col   # with fold there are no groups (G == 1)
             xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(n, G, -1, npix))
-            scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.pad, per_image=True))
+            scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.kernel, g.pad, g.stride, g.dilation,
+                                                         per_image=True))
             col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                    out=bottom_blob.diff.reshape(x_shape), scratch=scratch, per_image=True)
 
@@ -513,7 +515,8 @@ class DeconvolutionLayer(_BaseConvolution):
             col = xp.matmul(w.transpose(0, 2, 1), x_mat.reshape(G, c // G, npix))
             col2im(col.reshape(m * g.kernel_count, npix), y_shape, g.kernel, g.pad, g.stride,
                    g.dilation, out=t.data.reshape(y_shape),
-                   scratch=self._buffer(col, "col2im", col2im_scratch_shape(y_shape, g.pad)))
+                   scratch=self._buffer(col, "col2im", col2im_scratch_shape(y_shape, g.kernel, g.pad, g.stride,
+                                                                                 g.dilation)))
             if len(self.blobs) > 1:
                 t.data.reshape(n, m, -1)[...] += self.blobs[1].data[:, None]
 
@@ -535,7 +538,7 @@ class DeconvolutionLayer(_BaseConvolution):
             dcol = dcol.reshape(G, -1, npix)
             if need_w:
                 x_mat = self._buffers["x%d" % i].reshape(G, c // G, npix)
-                self.blobs[0].diff += xp.matmul(x_mat, dcol.transpose(0, 2, 1)).reshape(self.blobs[0].shape)
+                add_matmul(x_mat, dcol.transpose(0, 2, 1), self.blobs[0].diff.reshape(G, c // G, -1))
             if propagate_down[i]:
                 dx = xp.matmul(w, dcol).reshape(c, n, -1)
                 b.diff.reshape(n, c, -1)[...] = dx.transpose(1, 0, 2)
