@@ -598,6 +598,37 @@ def test_pooling_output_size(size, k, s, p, mode, want):
     assert top[0].shape == (1, 1, want, want)
 
 
+@pytest.mark.parametrize("geo", ["kernel_size: 3 stride: 2", "kernel_size: 3 stride: 1 pad: 1",
+                                 "kernel_size: 2 stride: 2", "kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2"])
+def test_max_pooling_in_a_test_net_finds_its_winners_when_backward_comes(geo):
+    """A TEST layer keeps no winners in forward; a backward call finds them from the bottom
+    (the top, changed in place since, is left alone) and gives the TRAIN layer's gradient."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 4, (2, 3, 8, 9)).astype(np.float32)   # many ties: the first maximum must win
+    text = 'type: "Pooling" pooling_param { pool: MAX %s }' % geo
+    train, test = make_layer(text), make_layer(text, caffe_pb2.TEST)
+    (b1, t1), (b2, t2) = setup(train, [x]), setup(test, [x])
+    assert train.need_backward and not test.need_backward
+    train.forward(b1, t1)
+    test.forward(b2, t2)
+    np.testing.assert_array_equal(t2[0].data, t1[0].data)
+    dy = rng.standard_normal(t1[0].shape).astype(np.float32)
+    t1[0].diff[...] = t2[0].diff[...] = dy
+    t2[0].data[...] = -7   # an in-place layer (ReLU) after the pool changed the top
+    train.backward(t1, [True], b1)
+    test.backward(t2, [True], b2)
+    np.testing.assert_array_equal(b2[0].diff, b1[0].diff)
+    assert (t2[0].data == -7).all()
+
+
+def test_max_pooling_ignores_nan_as_caffe_does():
+    x = np.array([[np.nan, 1], [2, np.nan]], np.float32).reshape(1, 1, 2, 2)
+    layer = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }', caffe_pb2.TEST)
+    bottom, top = setup(layer, [x])
+    layer.forward(bottom, top)
+    assert top[0].data.item() == 2
+
+
 def test_max_pooling_takes_first_maximum_and_reports_it():
     x = np.array([[3, 1, 3], [3, 2, 0], [0, 3, 3]], np.float32).reshape(1, 1, 3, 3)
     layer = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }')

@@ -646,6 +646,10 @@ class PoolingLayer(Layer):
         self.ceil = p.round_mode == P.CEIL
         self.P = P
         self.TRAIN = caffe_pb2.TRAIN
+        # Whether MAX forward records each window's winner for backward: not in a TEST
+        # net, nor where the Net never runs this layer backward (it sets this False);
+        # a backward call finds the winners itself and turns it back on.
+        self.need_backward = self.phase == caffe_pb2.TRAIN
         self._key = None
 
     def reshape(self, bottom, top):
@@ -700,7 +704,7 @@ class PoolingLayer(Layer):
                       and (oh == 1 or sh == kh) and (ow == 1 or sw == kw))
         self._tiled_bufs = {}
         self._argmax = None
-        self._arg = None
+        self._has_winners = False
 
     def _padded(self, x, fill_value):
         """``x`` inside a border of ``fill_value`` wide enough for every window (or ``x`` itself)."""
@@ -744,6 +748,24 @@ class PoolingLayer(Layer):
             self._at_offset(acc, i, j)[...] += grad_at(k)
         bottom_diff[...] = acc[:, :, ph:ph + h, pw:pw + w]
 
+    def _scatter_separable(self, xp, g, bottom_diff):
+        """Add ``g`` (one value per window) onto every element of its window: the adjoint of
+        ``_separable``'s sum, first spread over the KH rows, then over the KW columns."""
+        n, c, h, w = bottom_diff.shape
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        (ph, pw), (hb, wb) = self.pad, self.buf_hw
+        rows = _scratch(g, 0, (n, c, hb, ow))
+        rows[...] = 0
+        for i in range(kh):
+            rows[:, :, i:i + sh * (oh - 1) + 1:sh] += g
+        if self._dbuf is None or self._dbuf.dtype != bottom_diff.dtype:
+            self._dbuf = xp.empty((n, c, hb, wb), dtype=bottom_diff.dtype)
+        acc = self._dbuf
+        acc[...] = 0
+        for j in range(kw):
+            acc[:, :, :, j:j + sw * (ow - 1) + 1:sw] += rows
+        bottom_diff[...] = acc[:, :, ph:ph + h, pw:pw + w]
+
     def _scatter_index(self, xp, index, values, bottom_diff):
         """bottom_diff[index] += values over flat input indices (MAX and STOCHASTIC TRAIN)."""
         if self.disjoint:
@@ -761,7 +783,7 @@ class PoolingLayer(Layer):
             buf = self._tiled_bufs[name] = xp.empty(shape, dtype=dtype)
         return buf
 
-    def _tiled_max_forward(self, xp, x, top):
+    def _tiled_max_forward(self, xp, x, y, mask=None):
         """MAX pooling over windows that tile ``x`` exactly: no padding copy, no index gather.
 
         One transposing copy puts each window offset k = i * KW + j in a contiguous
@@ -783,21 +805,79 @@ class PoolingLayer(Layer):
             ns = xs.shape[0]
             planes = _scratch(x, 0, (kh * kw, ns, c, oh, ow))
             planes.reshape(kh, kw, ns, c, oh, ow)[...] = xs.reshape(ns, c, oh, kh, ow, kw).transpose(3, 5, 0, 1, 2, 4)
-            arg, y = arg_all[lo:lo + ns], top[0].data[lo:lo + ns]
+            arg, ys = arg_all[lo:lo + ns], y[lo:lo + ns]
             step = _scratch(x, 1, arg.shape, arg.dtype)
             better = _scratch(x, 2, arg.shape, bool)
-            y[...] = planes[0]
+            ys[...] = planes[0]
             arg[...] = 0
             for k in range(1, kh * kw):  # k only grows, so max(arg, k * better) is the latest winner
-                xp.greater(planes[k], y, out=better)
-                xp.maximum(y, planes[k], out=y)
+                xp.greater(planes[k], ys, out=better)
+                xp.maximum(ys, planes[k], out=ys)
                 xp.multiply(better, arg.dtype.type(k), out=step)
                 xp.maximum(arg, step, out=arg)
         arg = arg_all
-        if len(top) > 1:  # Caffe's mask: flat index h * W + w of the chosen element
+        if mask is not None:  # Caffe's mask: flat index h * W + w of the chosen element
             offset = xp.asarray(np.array([i * w + j for i in range(kh) for j in range(kw)], dtype=np.int64))
             corner = (np.arange(oh) * (kh * w)).reshape(oh, 1) + np.arange(ow) * kw
-            top[1].data[...] = xp.asarray(corner) + offset.take(arg)
+            mask[...] = xp.asarray(corner) + offset.take(arg)
+
+    def _separable(self, xp, reduce, src, y):
+        """y = ``reduce`` (maximum or add) over every window of ``src`` (padded), one axis at a time.
+
+        A window's reduction is the reduction of its rows' reductions: first over
+        the KW columns of every padded row at each output column, (N, C, Hb, OW),
+        then over KH of those rows: KW - 1 + KH - 1 passes instead of KH * KW - 1.
+        """
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        rows = _scratch(src, 0, src.shape[:3] + (ow,))
+        cols = [src[:, :, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)]
+        if kw == 1:
+            rows[...] = cols[0]
+        else:
+            reduce(cols[0], cols[1], out=rows)
+        for v in cols[2:]:
+            reduce(rows, v, out=rows)
+        views = [rows[:, :, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)]
+        if kh == 1:
+            y[...] = views[0]
+        else:
+            reduce(views[0], views[1], out=y)
+        for v in views[2:]:
+            reduce(y, v, out=y)
+
+    def _first_winner(self, xp, src, y):
+        """Each window's offset k (row-major) of its first element equal to its max ``y``.
+
+        That is Caffe's choice: it walks a window in row-major order and takes a
+        value only when strictly larger than the best so far. Branch-free and in
+        any order: ``best`` keeps the largest K - k over the offsets that match,
+        so K - best is the smallest matching k.
+        """
+        K = self.kernel[0] * self.kernel[1]
+        small = np.int8 if K < 127 else np.int32
+        best = _scratch(y, 1, y.shape, small)
+        same = _scratch(y, 2, y.shape, bool)
+        step = _scratch(y, 3, y.shape, small)
+        best[...] = 1   # where nothing matches (a window of NaNs only): the last offset
+        for k, (i, j) in enumerate(self._offsets()):
+            xp.equal(self._at_offset(src, i, j), y, out=same)
+            xp.multiply(same, small(K - k), out=step)
+            xp.maximum(best, step, out=best)
+        arg = _scratch(y, 4, y.shape, np.int32)
+        xp.subtract(K, best, out=arg)
+        return arg
+
+    def _max_forward(self, xp, x, y, mask=None):
+        """MAX into ``y``; with ``need_backward`` (or a mask top) each window's winner is kept."""
+        need = self._has_winners = self.need_backward or mask is not None
+        if self.tiled and need:
+            self._tiled_max_forward(xp, x, y, mask)
+            return
+        src = self._padded(x, -np.inf)
+        self._separable(xp, xp.fmax, src, y)   # fmax: a NaN never wins, as in Caffe's '>' test
+        self._argmax = None
+        if need:
+            self._set_argmax(xp, self._first_winner(xp, src, y), mask)
 
     def _tiled_max_backward(self, xp, dy, bottom_diff):
         """Each window's gradient goes to its winning offset, zero to the others: one product per offset."""
@@ -814,34 +894,11 @@ class PoolingLayer(Layer):
         xp = self.xp_of(bottom[0])
         x = bottom[0].data
         P = self.P
-        if self.tiled:
-            self._tiled_max_forward(xp, x, top)
-        elif self.method == P.MAX:
-            # Walk the window offsets in row-major order; a strictly larger value
-            # replaces the best so far, so ties keep the first maximum (Caffe's rule).
-            # (Branch-free: k only grows, so max(arg, better * k) records the latest winner.)
-            src = self._padded(x, -np.inf)
-            best = top[0].data
-            if self._arg is None or self._arg[0].shape != best.shape:
-                self._arg = (xp.empty(best.shape, dtype=xp.int32), xp.empty(best.shape, dtype=xp.int32),
-                             xp.empty(best.shape, dtype=bool))
-            arg, step, better = self._arg
-            best[...] = self._at_offset(src, 0, 0)
-            arg[...] = 0
-            for k, (i, j) in enumerate(self._offsets()[1:], 1):
-                v = self._at_offset(src, i, j)
-                xp.greater(v, best, out=better)
-                xp.maximum(best, v, out=best)
-                xp.multiply(better, k, out=step)
-                xp.maximum(arg, step, out=arg)
-            self._set_argmax(xp, arg, top)
+        if self.method == P.MAX:
+            self._max_forward(xp, x, top[0].data, top[1].data if len(top) > 1 else None)
         elif self.method == P.AVE:
-            src = self._padded(x, 0.0)
-            acc = top[0].data
-            acc[...] = self._at_offset(src, 0, 0)
-            for i, j in self._offsets()[1:]:
-                acc += self._at_offset(src, i, j)
-            acc /= self._divisor
+            self._separable(xp, xp.add, self._padded(x, 0.0), top[0].data)
+            top[0].data /= self._divisor
         elif self.method == P.STOCHASTIC:
             win = self._windows(x, 0.0)
             if self.phase == self.TRAIN:  # sample one element per window
@@ -850,7 +907,7 @@ class PoolingLayer(Layer):
                 thresh = (u * cums[..., -1])[..., None]
                 arg = ((cums >= thresh) & self._valid).argmax(axis=-1)[..., None]
                 top[0].data[...] = xp.take_along_axis(win, arg, axis=-1)[..., 0]
-                self._set_argmax(xp, arg[..., 0], top)
+                self._set_argmax(xp, arg[..., 0], top[1].data if len(top) > 1 else None)
             else:  # TEST: sum(x^2) / sum(x), the expectation of the TRAIN sample
                 self._win = win
                 self._sum = FLT_MIN + win.sum(axis=-1)
@@ -858,12 +915,18 @@ class PoolingLayer(Layer):
         else:
             raise self.error("unknown pooling method %d" % self.method)
 
-    def _set_argmax(self, xp, arg, top):
+    def _set_argmax(self, xp, arg, mask=None):
         """Remember the chosen input element of each window (Caffe's mask, h * W + w)."""
         flat = self._flat[self._window_base + arg]
         self._argmax = flat + self._plane
-        if len(top) > 1:
-            top[1].data[...] = flat
+        if mask is not None:
+            mask[...] = flat
+
+    def _find_winners(self, xp, x):
+        """Backward after a forward that kept no winners: find them again (the bottom data is
+        the same; the top may have been changed in place since, so it is not touched)."""
+        self.need_backward = True
+        self._max_forward(xp, x, _scratch(x, 5, (x.shape[0], x.shape[1]) + self.out_hw))
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -871,15 +934,18 @@ class PoolingLayer(Layer):
         xp = self.xp_of(top[0])
         dy = top[0].diff
         P = self.P
-        if self.tiled:
+        if self.method == P.MAX and not self._has_winners:
+            self._find_winners(xp, bottom[0].data)
+        if self.method == P.MAX and self.tiled:
             self._tiled_max_backward(xp, dy, bottom[0].diff)
             return
         if self.method == P.MAX or (self.method == P.STOCHASTIC and self.phase == self.TRAIN):
             self._scatter_index(xp, self._argmax, dy, bottom[0].diff)
             return
         if self.method == P.AVE:
-            g = dy / self._divisor
-            self._scatter_windows(xp, lambda k: g, bottom[0].diff)
+            g = _scratch(dy, 1, dy.shape)
+            xp.divide(dy, self._divisor, out=g)
+            self._scatter_separable(xp, g, bottom[0].diff)
         else:  # STOCHASTIC TEST: d/dx_i [sum x^2 / sum x] = (2 x_i - y) / sum x
             y = top[0].data
             dwin = (dy / self._sum)[..., None] * (2 * self._win - y[..., None])
