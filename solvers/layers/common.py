@@ -5,10 +5,13 @@ Each class is one Caffe layer type with Caffe's semantics (BVLC
 layer's ``*_param`` message, learnable blobs live in ``self.blobs`` in Caffe's
 order, bottom diffs are overwritten and parameter diffs accumulated.
 """
+import numpy as np
+
 from solvers.blob import Blob
 from solvers.fillers import fill
 from solvers.gemm import add_matmul
 from solvers.layer import Layer, register_layer
+from solvers.scratch import scratch
 
 
 def _prod(dims):
@@ -300,8 +303,12 @@ class SplitLayer(Layer):
         if not propagate_down[0]:
             return
         dx = bottom[0].diff
-        dx[...] = top[0].diff
-        for t in top[1:]:
+        if len(top) == 1:
+            dx[...] = top[0].diff
+            return
+        xp = self.xp_of(bottom[0])
+        xp.add(top[0].diff, top[1].diff, out=dx)   # one pass for the usual two consumers
+        for t in top[2:]:
             dx += t.diff
 
 
@@ -603,6 +610,7 @@ class EltwiseLayer(Layer):
             raise self.error("coeff is only allowed with operation SUM")
         self.coeff = list(p.coeff) if len(p.coeff) else [1.0] * len(bottom)
         self.stable_prod_grad = p.stable_prod_grad
+        self.mask = None
 
     def reshape(self, bottom, top):
         for i, b in enumerate(bottom[1:], 1):
@@ -612,22 +620,48 @@ class EltwiseLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
+        """Written straight into the top, one pass per bottom (the top may be bottom 0's
+        blob; a top that is a later bottom is summed in a scratch first)."""
         xp = self.xp_of(bottom[0])
         y = top[0].data
+        if any(top[0] is b for b in bottom[1:]):
+            y = scratch(y, 0, y.shape)
+        x0, x1 = bottom[0].data, bottom[1].data
         if self.op == self.ops.SUM:
-            acc = self.coeff[0] * bottom[0].data if self.coeff[0] != 1 else bottom[0].data.copy()
-            for c, b in zip(self.coeff[1:], bottom[1:]):
-                acc += (c * b.data) if c != 1 else b.data
-            y[...] = acc
+            c0, c1 = self.coeff[0], self.coeff[1]
+            if c0 == 1 and c1 == 1:
+                xp.add(x0, x1, out=y)
+            else:
+                xp.multiply(x0, c0, out=y)
+                self._add_scaled(xp, y, x1, c1)
+            for c, b in zip(self.coeff[2:], bottom[2:]):
+                self._add_scaled(xp, y, b.data, c)
         elif self.op == self.ops.PROD:
-            acc = bottom[0].data * bottom[1].data
+            xp.multiply(x0, x1, out=y)
             for b in bottom[2:]:
-                acc *= b.data
-            y[...] = acc
-        else:  # MAX: the first bottom wins ties, as in Caffe
-            stacked = xp.stack([b.data for b in bottom])
-            self.mask = xp.argmax(stacked, axis=0)
-            y[...] = stacked.max(axis=0)
+                y *= b.data
+        else:  # MAX: a later bottom wins only when strictly larger (the first wins ties), as in Caffe
+            if self.mask is None or self.mask.shape != y.shape:
+                self.mask = xp.empty(y.shape, dtype=np.int8 if len(bottom) < 128 else np.int32)
+            better = scratch(y, 1, y.shape, bool)
+            step = scratch(y, 2, y.shape, self.mask.dtype)
+            xp.greater(x1, x0, out=better)
+            xp.maximum(x0, x1, out=y)
+            xp.multiply(better, self.mask.dtype.type(1), out=self.mask)
+            for i, b in enumerate(bottom[2:], 2):   # i only grows: max(mask, i * better) is the latest winner
+                xp.greater(b.data, y, out=better)
+                xp.maximum(y, b.data, out=y)
+                xp.multiply(better, self.mask.dtype.type(i), out=step)
+                xp.maximum(self.mask, step, out=self.mask)
+        if y is not top[0].data:
+            top[0].data[...] = y
+
+    @staticmethod
+    def _add_scaled(xp, y, x, c):
+        if c == 1:
+            y += x
+        else:
+            y += xp.multiply(x, c, out=scratch(y, 1, y.shape))
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
@@ -635,7 +669,10 @@ class EltwiseLayer(Layer):
             if not p:
                 continue
             if self.op == self.ops.SUM:
-                b.diff[...] = dy * self.coeff[i] if self.coeff[i] != 1 else dy
+                if self.coeff[i] != 1:
+                    self.xp_of(b).multiply(dy, self.coeff[i], out=b.diff)
+                elif b.diff is not dy:
+                    b.diff[...] = dy
             elif self.op == self.ops.PROD:
                 if self.stable_prod_grad:
                     others = None
@@ -646,7 +683,9 @@ class EltwiseLayer(Layer):
                 else:
                     b.diff[...] = top[0].data / b.data * dy
             else:
-                b.diff[...] = dy * (self.mask == i)
+                xp = self.xp_of(b)
+                won = xp.equal(self.mask, i, out=scratch(dy, 0, dy.shape, bool))
+                xp.multiply(dy, won, out=b.diff)
 
 
 class _AxisBroadcast(Layer):
@@ -703,7 +742,7 @@ class BiasLayer(_AxisBroadcast):
         if top[0] is bottom[0]:
             y += b
         else:
-            y[...] = x + b
+            self.xp_of(bottom[0]).add(x, b, out=y)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.outer, self.dim, self.inner)
@@ -741,6 +780,9 @@ class ScaleLayer(_AxisBroadcast):
             self.blobs.append(b)
         self.param_propagate_down = [True] * len(self.blobs)
         self.bias_index = len(self.blobs) - 1 if p.bias_term else None
+        # False where the Net never runs this layer backward: in place, forward then
+        # keeps no copy of its input.
+        self.need_backward = True
 
     def reshape(self, bottom, top):
         self.outer, self.dim, self.inner = self._dims(bottom, self._operand(bottom), self.layer_param.scale_param)
@@ -748,13 +790,18 @@ class ScaleLayer(_AxisBroadcast):
             top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
+        xp = self.xp_of(bottom[0])
         shape3 = (self.outer, self.dim, self.inner)
         x = bottom[0].data.reshape(shape3)
-        if top[0] is bottom[0]:
-            self.x_saved = x.copy()  # backward needs the input that in-place overwrites
+        if top[0] is bottom[0] and self.need_backward:
+            # backward needs the input that in place is overwritten: kept in a reused buffer
+            saved = getattr(self, "x_saved", None)
+            if saved is None or saved.shape != shape3 or saved.dtype != x.dtype:
+                saved = self.x_saved = xp.empty(shape3, dtype=x.dtype)
+            xp.copyto(saved, x)
         s = self._operand(bottom).data.reshape(1, self.dim, 1)
         y = top[0].data.reshape(shape3)
-        y[...] = x * s
+        xp.multiply(x, s, out=y)
         if self.bias_index is not None:
             y += self.blobs[self.bias_index].data.reshape(1, self.dim, 1)
 
@@ -764,14 +811,24 @@ class ScaleLayer(_AxisBroadcast):
         scale = self._operand(bottom)
         if self.bias_index is not None and self.param_propagate_down[self.bias_index]:
             self.blobs[self.bias_index].diff.reshape(self.dim)[...] += dy.sum(axis=(0, 2))
-        x = self.x_saved if top[0] is bottom[0] else bottom[0].data.reshape(shape3)
-        if len(bottom) > 1:
-            if propagate_down[1]:
-                scale.diff.reshape(self.dim)[...] = (dy * x).sum(axis=(0, 2))
-        elif self.param_propagate_down[0]:
-            scale.diff.reshape(self.dim)[...] += (dy * x).sum(axis=(0, 2))
+        xp = self.xp_of(top[0])
+        if top[0] is bottom[0]:
+            if getattr(self, "x_saved", None) is None or not self.need_backward:
+                self.need_backward = True   # the next forward keeps it
+                raise self.error("backward of an in-place Scale whose forward kept no copy of its input "
+                                 "(its net needs no backward there); run forward again, then backward")
+            x = self.x_saved
+        else:
+            x = bottom[0].data.reshape(shape3)
+        need_scale = propagate_down[1] if len(bottom) > 1 else self.param_propagate_down[0]
+        if need_scale:
+            dyx = xp.multiply(dy, x, out=scratch(dy, 0, shape3)).sum(axis=(0, 2))
+            if len(bottom) > 1:
+                scale.diff.reshape(self.dim)[...] = dyx
+            else:
+                scale.diff.reshape(self.dim)[...] += dyx
         if propagate_down[0]:
-            bottom[0].diff.reshape(shape3)[...] = dy * scale.data.reshape(1, self.dim, 1)
+            xp.multiply(dy, scale.data.reshape(1, self.dim, 1), out=bottom[0].diff.reshape(shape3))
 
 
 # ---------------------------------------------------------------------------
@@ -892,30 +949,41 @@ class BatchNormLayer(Layer):
             var = sf * self.blobs[1].data
         else:
             mean = x.mean(axis=(0, 2))
-            xc = x - mean[None, :, None]
-            var = (xc * xc).mean(axis=(0, 2))
+            sq = scratch(x, 0, x.shape)
+            xp.subtract(x, mean[None, :, None], out=sq)
+            var = (xp.multiply(sq, sq, out=sq)).mean(axis=(0, 2))
             m = x.size // self.channels
             correction = m / (m - 1.0) if m > 1 else 1.0
             self.blobs[2].data[...] = self.blobs[2].data * self.maf + 1
             self.blobs[0].data[...] = mean + self.maf * self.blobs[0].data
             self.blobs[1].data[...] = correction * var + self.maf * self.blobs[1].data
         self.inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
-        y = (x - mean.astype(x.dtype)[None, :, None]) * self.inv_std[None, :, None]
-        top[0].data.reshape(self.shape3)[...] = y
-        self.x_norm = y  # kept: an in-place successor may overwrite top
+        y = top[0].data.reshape(self.shape3)
+        xp.subtract(x, mean.astype(x.dtype)[None, :, None], out=y)
+        y *= self.inv_std[None, :, None]
+        if not self.use_global_stats:   # backward reads it; an in-place successor may overwrite top
+            if getattr(self, "x_norm", None) is None or self.x_norm.shape != y.shape:
+                self.x_norm = xp.empty_like(y)
+            xp.copyto(self.x_norm, y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         dy = top[0].diff.reshape(self.shape3)
         inv = self.inv_std[None, :, None]
+        xp = self.xp_of(top[0])
+        dx = bottom[0].diff.reshape(self.shape3)
         if self.use_global_stats:
-            dx = dy * inv
-        else:
-            y = self.x_norm
-            dx = (dy - dy.mean(axis=(0, 2), keepdims=True)
-                  - y * (dy * y).mean(axis=(0, 2), keepdims=True)) * inv
-        bottom[0].diff.reshape(self.shape3)[...] = dx
+            xp.multiply(dy, inv, out=dx)
+            return
+        y = self.x_norm
+        t = scratch(dy, 0, dy.shape)
+        mean_dy = dy.mean(axis=(0, 2), keepdims=True)
+        mean_dyy = xp.multiply(dy, y, out=t).mean(axis=(0, 2), keepdims=True)
+        xp.multiply(y, mean_dyy, out=t)
+        xp.subtract(dy, t, out=t)     # dy is read for the last time here: dx may be its buffer
+        t -= mean_dy
+        xp.multiply(t, inv, out=dx)
 
 
 @register_layer("Reduction")

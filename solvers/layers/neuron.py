@@ -6,7 +6,10 @@ it runs in place, because the forward pass overwrites ``x`` with ``y``.
 """
 import math
 
+import numpy as np
+
 from solvers.layer import Layer, register_layer
+from solvers.scratch import scratch
 
 
 class NeuronLayer(Layer):
@@ -64,7 +67,8 @@ class ReLULayer(NeuronLayer):
         x = bottom[0].data
         slope = self.layer_param.relu_param.negative_slope
         if slope == 0:
-            self.write_diff(top, bottom, x > 0)
+            positive = scratch(x, 0, x.shape, bool)   # no data-sized temporary per call
+            self.write_diff(top, bottom, self.xp_of(bottom[0]).greater(x, 0, out=positive))
         else:
             xp = self.xp_of(bottom[0])
             self.write_diff(top, bottom, xp.where(x > 0, 1.0, slope).astype(x.dtype))
@@ -381,12 +385,15 @@ class DropoutLayer(NeuronLayer):
         xp = self.xp_of(bottom[0])
         x, y = bottom[0].data, top[0].data
         if self._training():
-            keep = get_rng().random(x.shape, dtype="float32") < (1.0 - self.ratio)
-            mask = keep.astype("float32")
-            if self.scale_train:
-                mask *= self.scale
-            self._mask = xp.asarray(mask)
-            xp.multiply(x, self._mask, out=y)
+            # The uniform draws, then the mask, in one buffer kept for backward.
+            mask = self._mask
+            if mask is None or mask.shape != x.shape or not isinstance(mask, np.ndarray):
+                mask = np.empty(x.shape, np.float32)
+            get_rng().random(out=mask, dtype=np.float32)
+            keep = np.less(mask, np.float32(1.0 - self.ratio), out=scratch(mask, 0, x.shape, bool))
+            np.multiply(keep, np.float32(self.scale if self.scale_train else 1.0), out=mask)
+            self._mask = mask
+            xp.multiply(x, xp.asarray(mask), out=y)
         elif self.scale_train:
             if y is not x:
                 y[...] = x
@@ -398,7 +405,7 @@ class DropoutLayer(NeuronLayer):
             return
         xp = self.xp_of(bottom[0])
         if self._training():
-            self.write_diff(top, bottom, self._mask)
+            self.write_diff(top, bottom, xp.asarray(self._mask))
         elif self.scale_train:
             if bottom[0].diff is not top[0].diff:
                 bottom[0].diff[...] = top[0].diff
