@@ -5,7 +5,7 @@
     tools/solve.py test --model M --weights W [--iterations 50] [--level L] [--stage a,b]
     tools/solve.py time --model M [--iterations 50] [--phase TRAIN|TEST]
     tools/solve.py device_query --gpu N|N,M|all
-    common flags: --gpu N|N,M|all  --backend numpy|caffe  --log FILE  --debug
+    common flags: --gpu N|N,M|all  --backend numpy|caffe  --threads N  --log FILE  --debug
                   --sigint_effect / --sigterm_effect / --sighup_effect snapshot|stop|none
                   --ignore_side_file (train --snapshot: resume even if its .json side file is bad)
 
@@ -92,6 +92,9 @@ def build_parser(prog="solve.py"):
     ap.add_argument("--ignore_side_file", "--ignore-side-file", action="store_true",
                     help="train --snapshot: if the snapshot's .json side file (data position, random "
                          "state) is damaged, resume without it, as from a Caffe snapshot")
+    ap.add_argument("--threads", default=None,
+                    help="BLAS threads on the CPU (default: $CAFFE_NUM_THREADS, else the free cores: "
+                         "usable cores less the 1-minute load average, at least 1)")
     ap.add_argument("--log", help="also write the log to this file (replaced if it exists)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return ap
@@ -670,6 +673,11 @@ def _run_parallel(args, stream, prog):
 
 
 def _run(args, stream):
+    from solvers import threads
+    if args.threads is not None:
+        threads.set_num_threads(args.threads, where="--threads")
+    n = threads.apply_default()
+    log.info("BLAS threads: %s", n if n is not None else "as the environment sets them")
     if args.command == "train":
         train(args, stream)
         if getattr(args, "stopped_by", None) == signal.SIGTERM:

@@ -127,6 +127,10 @@ def fill(blob, filler_param):
     count = blob.count
     if count == 0:
         raise LayerError("filler %r: cannot fill an empty blob of shape %s" % (kind, shape))
+    if kind == "constant":   # in place: no weight-sized temporary (deploy nets fill every weight so)
+        _no_sparse(filler_param, "constant")
+        blob.data[...] = np.float32(filler_param.value)
+        return blob
     values = np.asarray(make(filler_param, shape, count, get_rng()), dtype=np.float32)
     xp = blob.xp
     blob.data[...] = xp.asarray(values) if xp is not np else values

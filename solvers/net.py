@@ -22,8 +22,10 @@ from netspec.errors import CaffeError, LayerError, NetError
 from netspec.io import atomic_write_bytes, read_binary, read_net
 from netspec.upgrade import upgrade_net
 from solvers.blob import Blob
+from solvers.caffemodel import NotStreamable, iter_layers
 from solvers.insert_splits import insert_splits
 from solvers.layer import create_layer
+from solvers import threads
 from solvers.net_state import filter_net
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class Net:
                                                       or os.path.isfile(phase)):
             # pycaffe's old signature Net(model, pretrained, phase)
             weights, phase, level = phase, level, 0
+        threads.apply_default()   # BLAS never takes more cores than are free (solvers/threads.py)
         param = read_net_param(net_param_or_path)
         if phase is not None:
             param.state.phase = _phase_value(phase)
@@ -612,6 +615,11 @@ class Net:
         """
         if not isinstance(source, caffe_pb2.NetParameter) and os.fspath(source).endswith(".h5"):
             return self._copy_from_hdf5(os.fspath(source))
+        if not isinstance(source, caffe_pb2.NetParameter) and os.path.isfile(source):
+            try:
+                return self._copy_from_stream(os.fspath(source))
+            except NotStreamable:
+                pass   # parse the whole message instead (V1 files; damage reported in its words)
         param = read_weights(source)
         where = source if not isinstance(source, caffe_pb2.NetParameter) else "the weights NetParameter"
         for src in param.layer:
@@ -619,6 +627,29 @@ class Net:
                 log.debug("Ignoring source layer %s", src.name)
                 continue
             self._copy_layer_blobs(self.layer_by_name(src.name), src, where)
+
+    def _copy_from_stream(self, path):
+        """copy_from for a binary file read layer by layer (solvers/caffemodel.py): the peak
+        memory is the net plus the largest layer, not plus two copies of the whole file."""
+        for name, blobs in iter_layers(path):
+            if name not in self._layer_index:
+                log.debug("Ignoring source layer %s", name)
+                continue
+            target = self.layer_by_name(name).blobs
+            if len(target) != len(blobs):
+                raise NetError("layer %r: incompatible number of blobs, the net has %d but %s holds %d"
+                               % (name, len(target), path, len(blobs)))
+            for j, (blob, (meta, data, diff)) in enumerate(zip(target, blobs)):
+                if not _shape_matches(blob.shape, meta) or data.size != blob.count:
+                    raise NetError("layer %r blob %d: shape mismatch, the net has %s but %s holds %s "
+                                   "(%d values); was the file made for another net definition?"
+                                   % (name, j, blob.shape, path, _proto_shape(meta), data.size))
+                blob.data[...] = blob.xp.asarray(data.reshape(blob.shape))
+                if diff is not None and diff.size:
+                    if diff.size != blob.count:
+                        raise NetError("layer %r blob %d: %s holds %d diff values for a blob of shape %s"
+                                       % (name, j, path, diff.size, blob.shape))
+                    blob.diff[...] = blob.xp.asarray(diff.reshape(blob.shape))
 
     def _copy_layer_blobs(self, layer, src, where):
         target = layer.blobs

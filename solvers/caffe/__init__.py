@@ -29,6 +29,7 @@ from solvers.blob import Blob
 from solvers.layer import layer_type_list
 from solvers.layers.python_layer import PythonLayer as Layer
 from solvers.rng import set_random_seed
+from solvers.threads import set_num_threads
 
 from solvers.layer import create_layer
 
@@ -81,5 +82,5 @@ __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "Classifier"
            "Solver", "TEST", "TRAIN", "Timer", "classifier", "coord_map", "create_layer",
            "detector", "draw", "get_solver", "has_nccl", "init_log", "io", "layer_type_list",
            "layers", "log", "net_spec", "params", "proto", "set_device", "set_mode_cpu",
-           "set_mode_gpu", "set_multiprocess", "set_random_seed", "set_solver_count",
+           "set_mode_gpu", "set_multiprocess", "set_num_threads", "set_random_seed", "set_solver_count",
            "set_solver_rank", "solver_count", "solver_rank", "to_proto", "toolkit"]
