@@ -92,9 +92,10 @@ def solver_file(tmp, name, max_iter=20, iter_size=1, snapshot=0):
     return path.name
 
 
-def mpirun_command(n, args, extra_mpi=()):
+def mpirun_command(n, args, extra_mpi=(), program=SOLVE):
     return ([MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(n), "--mca", "btl", "self,tcp",
-             "--mca", "btl_tcp_if_include", "lo", *extra_mpi, sys.executable, str(SOLVE)] + list(args))
+             "--mca", "btl_tcp_if_include", "lo", *extra_mpi, sys.executable]
+            + ([str(program)] if isinstance(program, (str, Path)) else list(program)) + list(args))
 
 
 def mpi_env():
@@ -104,10 +105,10 @@ def mpi_env():
     return env
 
 
-def mpirun(n, args, cwd, timeout=150, extra_mpi=()):
+def mpirun(n, args, cwd, timeout=150, extra_mpi=(), program=SOLVE):
     """Run an MPI job to its end; (exit status, stdout+stderr). A job past ``timeout`` fails the test."""
     try:
-        res = subprocess.run(mpirun_command(n, args, extra_mpi), cwd=str(cwd), env=mpi_env(),
+        res = subprocess.run(mpirun_command(n, args, extra_mpi, program), cwd=str(cwd), env=mpi_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         pytest.fail("mpirun -np %d %s did not end within %ds (hung?):\n%s"
@@ -220,8 +221,10 @@ def test_resume_restores_every_rank(tmp_path):
     assert rc == 0, out[-4000:]
     side = (tmp_path / "snap" / "a_iter_10.solverstate.json").read_text()
     assert '"ranks"' in side
-    rc, out = mpirun(2, ["train", "--solver", solver_file(tmp_path, "b", snapshot=10),
-                         "--snapshot", "snap/a_iter_10.solverstate"], tmp_path)
+    # resumed by the `caffe` command, in Caffe's spelling of the flags
+    rc, out = mpirun(2, ["train", "-solver", solver_file(tmp_path, "b", snapshot=10),
+                         "-snapshot", "snap/a_iter_10.solverstate"], tmp_path,
+                     program=["-m", "solvers.caffe_tool"])
     assert rc == 0, out[-4000:]
     assert "Resuming from snap/a_iter_10.solverstate" in out
     resumed = caffemodel_params(tmp_path / "snap" / "b_iter_20.caffemodel")
@@ -335,3 +338,13 @@ def test_mpirun_without_mpi4py_says_how_to_install_it(tmp_path):
     assert res.returncode == 1
     assert "started as 2 processes" in res.stderr and "pip install 'caffe-toolkit[mpi]'" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@needs_mpi
+def test_pycaffe_set_multiprocess_joins_the_mpi_job(tmp_path):
+    code = ("import caffe; caffe.set_multiprocess(True); "
+            "print('rank %d of %d' % (caffe.solver_rank(), caffe.solver_count()), flush=True)")
+    (tmp_path / "join.py").write_text(code)
+    rc, out = mpirun(2, [], tmp_path, program=tmp_path / "join.py", timeout=60)
+    assert rc == 0, out[-3000:]
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out
