@@ -232,6 +232,25 @@ def test_resume_restores_every_rank(tmp_path):
     assert resumed.keys() == straight.keys()
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg="layer %s blob %d" % key)
+    # with another number of processes the positions cannot be mapped: said, and training goes on
+    rc, out = mpirun(3, ["train", "--solver", solver_file(tmp_path, "c", snapshot=10),
+                         "--snapshot", "snap/a_iter_10.solverstate"], tmp_path)
+    assert rc == 0, out[-4000:]
+    assert "was written by 2 processes, this run has 3" in out
+    assert (tmp_path / "snap" / "c_iter_20.caffemodel").is_file()
+
+
+@needs_mpi
+def test_a_nan_loss_stops_every_rank_with_one_snapshot_and_one_message(tmp_path):
+    write_job(tmp_path)
+    name = solver_file(tmp_path, "nan", max_iter=1000)
+    path = tmp_path / name
+    path.write_text(path.read_text().replace("base_lr: 0.1", "base_lr: 1e30"))
+    rc, out = mpirun(2, ["train", "--solver", name], tmp_path)
+    assert rc != 0
+    assert out.count("training stopped: the loss is") == 1, out[-3000:]
+    assert "MPI_ABORT" not in out and "Traceback" not in out
+    assert len(list((tmp_path / "snap").glob("nan_iter_*.caffemodel"))) == 1
 
 
 @needs_mpi
