@@ -52,6 +52,7 @@ from solvers.log import logger as log
 # environment variables by which launchers tell a process how many processes the job has
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+_LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE")
 
 # Caffe's Caffe::solver_count / solver_rank / multiprocess, here per process
 _state = {"comm": None, "count": 1, "rank": 0, "multiprocess": False}
@@ -83,6 +84,15 @@ def local_rank():
         if value.isdigit():
             return int(value)
     return 0
+
+
+def processes_on_this_host():
+    """How many of the job's processes share this host (1 without a launcher): they share its cores."""
+    for name in _LOCAL_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def host():

@@ -11,7 +11,7 @@ thread, and LeNet's fc1 forward went from ~1 ms to ~30 ms so. The policy:
    ``MKL_NUM_THREADS``, the BLAS is left as they configured it;
 4. else the free cores: the cores this process may run on
    (``os.sched_getaffinity``) less the 1-minute load average, rounded, at
-   least 1.
+   least 1; divided among the processes mpirun started on this host.
 
 The limit is applied through threadpoolctl to every BLAS loaded in the
 process, when a Net is built (``apply_default``) or when asked.
@@ -61,7 +61,8 @@ def default_threads():
         return _parse(os.environ[ENV], "environment variable %s" % ENV)
     if any(os.environ.get(v, "").strip() for v in BLAS_ENVS):
         return None
-    return free_cores()
+    from solvers.data_parallel import processes_on_this_host
+    return max(1, free_cores() // processes_on_this_host())   # mpirun: the ranks share the cores
 
 
 def set_num_threads(n, where="set_num_threads"):

@@ -367,3 +367,17 @@ def test_pycaffe_set_multiprocess_joins_the_mpi_job(tmp_path):
     rc, out = mpirun(2, [], tmp_path, program=tmp_path / "join.py", timeout=60)
     assert rc == 0, out[-3000:]
     assert "rank 0 of 2" in out and "rank 1 of 2" in out
+
+
+def test_ranks_on_one_host_share_its_free_cores(monkeypatch):
+    """Without a BLAS setting each process takes the free cores: mpirun's ranks divide them."""
+    from solvers import threads
+    for var in (threads.ENV,) + threads.BLAS_ENVS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "free_cores", lambda: 8)
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    assert threads.default_threads() == 8
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "3")
+    assert threads.default_threads() == 2
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "16")
+    assert threads.default_threads() == 1
