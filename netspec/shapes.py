@@ -18,7 +18,8 @@ def shape_count(dims, where, error=CaffeError, limit=INT_MAX):
 
     Raises ``error`` (naming ``where``) when a dimension is negative or the
     product exceeds ``limit`` (Caffe's INT_MAX elements per blob by default;
-    None: no limit, for callers that compare the count with a file's length).
+    None: no limit). The product of the non-zero dimensions is bounded too:
+    NumPy refuses a shape it cannot index even when it holds nothing.
     """
     dims = tuple(int(d) for d in dims)
     count, span = 1, 1   # span: the product of the non-zero dims, which NumPy must index even when count is 0
@@ -28,9 +29,9 @@ def shape_count(dims, where, error=CaffeError, limit=INT_MAX):
         count *= d
         span *= max(d, 1)
     if limit is not None and span > limit:
-        raise error("%s: shape %s %s more than the limit of %d elements (Caffe's INT_MAX); the file is "
-                    "damaged or the size is a mistake"
-                    % (where, list(dims), "holds %d elements," % count if count else "spans", limit))
+        raise error("%s: shape %s %s more than the limit of %d elements%s; the file is damaged or the "
+                    "size is a mistake" % (where, list(dims), "holds %d elements," % count if count else "spans",
+                                           limit, " (Caffe's INT_MAX)" if limit == INT_MAX else ""))
     return count
 
 

@@ -332,3 +332,12 @@ def test_shapes_the_fuzzer_found(fields):
             setattr(proto, name, value)
     with pytest.raises(BlobShapeError, match="shape"):
         blobproto_to_array(proto)
+
+
+def test_idx_shape_the_fuzzer_found():
+    """Found in a long run: dims 0 x 3 x 4 x 2^28 x 2^30 declare no data, but NumPy cannot index them."""
+    from netspec.errors import DataError
+    from solvers.data.idx import parse_idx
+    data = b"\x00\x00\x08\x05" + b"".join(d.to_bytes(4, "big") for d in (0, 3, 4, 0x344112cc, 0x3441e2f5))
+    with pytest.raises(DataError, match="IDX file fuzz-idx: header"):
+        parse_idx(data, "fuzz-idx")

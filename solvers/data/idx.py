@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from netspec.errors import DataError, resolved_path
-from netspec.shapes import shape_count
+from netspec.shapes import INT_MAX, shape_count
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -59,7 +59,9 @@ def parse_idx(buf, path="<bytes>", expect_magic=None):
     dims = tuple(int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[type_code])
     have = len(buf) - header
-    need = shape_count(dims, "IDX file %s: header" % path, DataError, limit=None) * dtype.itemsize
+    # a valid file holds every element it declares, so more elements than bytes (or than INT_MAX,
+    # for a shape with a 0 in it) can only be damage
+    need = shape_count(dims, "IDX file %s: header" % path, DataError, limit=max(have, INT_MAX)) * dtype.itemsize
     if have != need:
         raise DataError("IDX file %s: header says shape %s (%d bytes of data) but the file holds "
                         "%d bytes; the file is truncated or not what it claims"
