@@ -2,6 +2,7 @@
 """LeNet speed at batch 64: this toolkit against PyTorch on the same CPU threads.
 
     python bench/lenet.py [--iterations 50] [--warmup 5] [--batch 64] [--profile]
+    python bench/lenet.py --load [--load-wait 60]     # beside a one-core CPU hog
 
 The net is the seed's LeNet (golden ``lenet_auto_train.prototxt``) with its
 Data layer replaced by Input layers of shape (B,1,28,28) and (B,), weights
@@ -10,6 +11,9 @@ forward-backward milliseconds per iteration and the peak RSS; when torch is
 importable, the same net in PyTorch (same weights, same data, same thread
 count; its loss is checked against ours) and the ratio ours / PyTorch.
 ``--profile`` adds the per-layer medians (which layer, forward or backward).
+BLAS runs with the toolkit's thread policy (solvers/threads.py) and PyTorch
+is given the same thread count. ``--load`` starts a one-core CPU hog and
+compares NumPy's default (a BLAS thread per core) with the policy's pick.
 The two run in alternating blocks of iterations (not interleaved one by one:
 each library's idle BLAS/OpenMP threads spin for a while and would slow the
 other on a small machine).
@@ -52,10 +56,53 @@ def peak_rss_mib():
 
 
 def blas_threads():
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return os.cpu_count() or 1
+    """The toolkit's BLAS thread policy (solvers/threads.py), which PyTorch is then given too."""
+    from solvers import threads
+    n = threads.apply_default()
+    if n is None:   # the user's OPENBLAS/OMP/MKL variable rules
+        for var in threads.BLAS_ENVS:
+            if os.environ.get(var, "").strip().isdigit():
+                return int(os.environ[var])
+        return threads.usable_cores()
+    return n
+
+
+def load_mode(args, images, labels):
+    """A one-core CPU hog beside the benchmark: NumPy's default (a BLAS thread per core) against
+    the toolkit's policy (the free cores, read from the 1-minute load average)."""
+    import subprocess
+    from threadpoolctl import threadpool_limits
+    from solvers import threads
+    cores = threads.usable_cores()
+    _, step = make_ours(images, labels)
+
+    def timed(n_threads):
+        with threadpool_limits(limits=n_threads, user_api="blas"):
+            for _ in range(args.warmup):
+                step()
+            return summarize([step() for _ in range(args.iterations)])["forward_backward"]
+
+    quiet_threads = threads.free_cores()
+    quiet = timed(quiet_threads)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        print("CPU hog started (pid %d); waiting %d s for the 1-minute load average to see it"
+              % (hog.pid, args.load_wait), flush=True)
+        time.sleep(args.load_wait)
+        picked = threads.free_cores()
+        all_cores = timed(cores)
+        policy = timed(picked)
+    finally:
+        hog.kill()
+        hog.wait()
+    row = "  %-34s %2d thread(s)  forward-backward %8.2f ms  %5.2fx the quiet figure"
+    print("LeNet train step, batch %d, medians of %d (usable cores %d, load now %.2f)"
+          % (args.batch, args.iterations, cores, os.getloadavg()[0]))
+    print(row % ("quiet, the policy's pick", quiet_threads, quiet, 1.0))
+    print(row % ("one-core hog, a thread per core", cores, all_cores, all_cores / quiet))
+    print(row % ("one-core hog, the policy's pick", picked, policy, policy / quiet)
+          + "   (target <= 1.5x)")
+    return 0
 
 
 def median_ms(samples):
@@ -150,11 +197,17 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--profile", action="store_true", help="also print per-layer medians")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--load", action="store_true",
+                    help="run a one-core CPU hog and compare NumPy's default threads with the policy's")
+    ap.add_argument("--load-wait", type=int, default=60,
+                    help="--load: seconds to let the 1-minute load average see the hog (default 60)")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
     images = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     labels = rng.integers(0, 10, args.batch).astype(np.float32)
+    if args.load:
+        return load_mode(args, images, labels)
     threads = blas_threads()
     print("LeNet, batch %d, %d iterations after %d warm-up (medians)" % (args.batch, args.iterations, args.warmup))
     print("numpy %s; BLAS threads %d; OPENBLAS_CORETYPE=%s" % (
