@@ -128,6 +128,30 @@ def test_backend_caffe_looks_past_our_own_caffe(fake_pycaffe, tmp_path):
     assert "Using BVLC Caffe's pycaffe from %s" % (fake_pycaffe / "caffe" / "__init__.py") in res.stderr
 
 
+CLASHING_PYCAFFE = '''
+"""A pycaffe whose caffe_pb2 defines another 'caffe.proto', as a real one built elsewhere does."""
+from google.protobuf import descriptor_pb2, descriptor_pool
+_file = descriptor_pb2.FileDescriptorProto(name="caffe.proto", package="caffe")
+_file.message_type.add(name="BlobShape")
+descriptor_pool.Default().AddSerializedFile(_file.SerializeToString())
+def get_solver(path): raise AssertionError("never reached")
+'''
+
+
+def test_backend_caffe_explains_a_pycaffe_whose_schema_clashes_with_ours(tmp_path):
+    """One protobuf 'caffe.proto' per process: the error says so and names Caffe's own tool."""
+    (tmp_path / "pycaffe" / "caffe").mkdir(parents=True)
+    (tmp_path / "pycaffe" / "caffe" / "__init__.py").write_text(CLASHING_PYCAFFE)
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 max_iter: 1\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path / "pycaffe")]))
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "solve.py"), "train", "-solver",
+                          "solver.prototxt", "--backend", "caffe"], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert str(tmp_path / "pycaffe" / "caffe") in res.stderr
+    assert "'caffe.proto'" in res.stderr and "caffe train --solver S" in res.stderr
+
+
 def test_backend_caffe_never_hands_the_solver_to_ourselves(monkeypatch):
     """With only this toolkit's caffe importable, the answer is a clear error, not ourselves."""
     from solvers import caffe_backend
