@@ -128,28 +128,31 @@ def test_backend_caffe_looks_past_our_own_caffe(fake_pycaffe, tmp_path):
     assert "Using BVLC Caffe's pycaffe from %s" % (fake_pycaffe / "caffe" / "__init__.py") in res.stderr
 
 
-CLASHING_PYCAFFE = '''
-"""A pycaffe whose caffe_pb2 defines another 'caffe.proto', as a real one built elsewhere does."""
+SCHEMA_OF_ITS_OWN = '''
 from google.protobuf import descriptor_pb2, descriptor_pool
 _file = descriptor_pb2.FileDescriptorProto(name="caffe.proto", package="caffe")
 _file.message_type.add(name="BlobShape")
 descriptor_pool.Default().AddSerializedFile(_file.SerializeToString())
-def get_solver(path): raise AssertionError("never reached")
 '''
 
 
-def test_backend_caffe_explains_a_pycaffe_whose_schema_clashes_with_ours(tmp_path):
-    """One protobuf 'caffe.proto' per process: the error says so and names Caffe's own tool."""
+def test_backend_caffe_trains_a_pycaffe_whose_schema_clashes_with_ours_in_its_own_process(tmp_path):
+    """protobuf holds one 'caffe.proto' per process: such a pycaffe runs in a fresh interpreter."""
     (tmp_path / "pycaffe" / "caffe").mkdir(parents=True)
-    (tmp_path / "pycaffe" / "caffe" / "__init__.py").write_text(CLASHING_PYCAFFE)
+    (tmp_path / "pycaffe" / "caffe" / "__init__.py").write_text(SCHEMA_OF_ITS_OWN + FAKE_PYCAFFE)
     (tmp_path / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 max_iter: 1\n')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path / "pycaffe")]))
+    (tmp_path / "w.caffemodel").write_bytes(b"")
+    record = tmp_path / "calls.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path / "pycaffe")]),
+               FAKE_PYCAFFE_LOG=str(record))
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "solve.py"), "train", "-solver",
-                          "solver.prototxt", "--backend", "caffe"], cwd=str(tmp_path),
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert str(tmp_path / "pycaffe" / "caffe") in res.stderr
-    assert "'caffe.proto'" in res.stderr and "caffe train --solver S" in res.stderr
+                          "solver.prototxt", "--backend", "caffe", "-weights", "w.caffemodel"],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "'caffe.proto'" in res.stderr and "separate Python process" in res.stderr
+    assert record.read_text().split("\n") == ["set_mode_cpu", "get_solver solver.prototxt",
+                                               "copy_from w.caffemodel", "solve"]
+    assert "Optimization Done." in res.stderr
 
 
 def test_backend_caffe_never_hands_the_solver_to_ourselves(monkeypatch):
