@@ -167,6 +167,9 @@ def train(solver_path, param, weights=(), snapshot=None, gpus=(), sigint_effect=
     command line's overrides applied; Caffe reads the same file when there
     are none.
     """
+    if sigint_effect not in (None, "stop"):
+        log.warning("--sigint_effect %s is not available with --backend caffe: Ctrl-C ends Caffe's "
+                    "run at once", sigint_effect)
     try:
         caffe = import_pycaffe()
     except SchemaClash as clash:
@@ -189,9 +192,6 @@ def train(solver_path, param, weights=(), snapshot=None, gpus=(), sigint_effect=
     else:
         caffe.set_mode_cpu()
         log.info("Use CPU.")
-    if sigint_effect not in (None, "stop"):
-        log.warning("--sigint_effect %s is not available with --backend caffe: Ctrl-C ends Caffe's "
-                    "run at once", sigint_effect)
     path, tmp = _solver_file(solver_path, param)
     try:
         solver = caffe.get_solver(path)
