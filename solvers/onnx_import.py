@@ -73,6 +73,7 @@ class _Importer:
         self.net = caffe_pb2.NetParameter(name=model.graph.name or "imported")
         self.weights = caffe_pb2.NetParameter(name=self.net.name)
         self.names = set()
+        self.batch_of = {}      # constant computed from a tensor's shape -> that tensor
 
     # -- helpers -------------------------------------------------------------------
     def error(self, node, msg):
@@ -143,6 +144,8 @@ class _Importer:
         for node in self.graph.node:
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(node, "operator domain %r is not ONNX's own" % node.domain)
+            if self.fold(node):
+                continue
             method = getattr(self, "op_" + node.op_type, None)
             if method is None:
                 raise self.error(node, "no Caffe layer computes this operator")
@@ -158,6 +161,32 @@ class _Importer:
                 lp.bottom.append(self.blob[o])
                 lp.top.append(o)
         return self.net, self.weights
+
+    def fold(self, node):
+        """Evaluate a node whose inputs are all constants (Constant nodes, shape arithmetic such as
+        Shape -> Gather -> Unsqueeze -> Concat before a Reshape) into constants; True if done."""
+        if node.op_type == "Shape":
+            shape = self.shape(node.input[0])
+            if shape is None:
+                return False
+            a = self.attrs(node)
+            self.consts[node.output[0]] = np.asarray(shape, np.int64)[a.get("start", 0):a.get("end")]
+            self.batch_of[node.output[0]] = node.input[0]
+            return True
+        ins = [x for x in node.input if x]
+        if node.op_type != "Constant" and (not ins or any(x not in self.consts for x in ins)):
+            return False
+        from onnx.reference import ReferenceEvaluator
+        try:
+            values = ReferenceEvaluator(node).run(None, {x: self.consts[x] for x in ins})
+        except Exception as e:
+            raise self.error(node, "cannot evaluate this node of constants (%s)" % e) from None
+        for name, v in zip(node.output, values):
+            self.consts[name] = np.asarray(v)
+            if node.op_type in ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast") and \
+                    any(x in self.batch_of for x in ins):
+                self.batch_of[name] = next(self.batch_of[x] for x in ins if x in self.batch_of)
+        return True
 
     # -- operators -------------------------------------------------------------------
     def _spatial(self, node, a, n):
@@ -242,8 +271,12 @@ class _Importer:
         target = self.const(node.input[1])
         if target is None or a.get("allowzero", 0):
             raise self.error(node, "the target shape must be a constant (and allowzero 0)")
+        target = [int(v) for v in target.reshape(-1)]
+        src = self.batch_of.get(node.input[1])
+        if src is not None and target and self.inputs and target[0] == self.shape(src)[0] == self.shape(x)[0]:
+            target[0] = 0    # the batch size read from a shape: copy it, so other batch sizes work
         p = caffe_pb2.ReshapeParameter()
-        p.shape.dim.extend(int(v) for v in target)      # 0 copies, -1 infers: as Caffe's
+        p.shape.dim.extend(target)      # 0 copies, -1 infers: as Caffe's
         self.add(node, "Reshape", [x], reshape_param=p)
 
     def _pool_size(self, size, k, p, s, ceil):

@@ -206,3 +206,44 @@ def test_malformed_model_is_one_clear_error(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not a model")
     with pytest.raises(OnnxImportError, match="junk.onnx: cannot read an ONNX model"):
         onnx_to_caffe(str(tmp_path / "junk.onnx"))
+
+
+def test_model_with_constant_nodes_and_shape_arithmetic():
+    """As PyTorch writes ``x.view(x.size(0), -1)`` and its weights as Constant nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.RandomState(0)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((4, 3 * 4 * 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")),
+        helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["p"], ["s"]),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.int64), "z")),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["p", "target"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "FC"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "torchlike", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(np.array([0], np.int64), "ax"),
+                               numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+                               numpy_helper.from_array(fc, "FC")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    param, weights = onnx_to_caffe(model, {"x": (2, 2, 8, 8)})
+    assert [lp.type for lp in param.layer] == ["Input", "Convolution", "ReLU", "Pooling", "Reshape", "InnerProduct"]
+    assert list(param.layer[4].reshape_param.shape.dim) == [0, -1]
+    net = Net(param, phase="TEST")
+    net.copy_from(weights)
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (2, 5):     # the batch size copied, not baked in
+        x = rng.standard_normal((batch, 2, 8, 8)).astype(np.float32)
+        net.blobs["x"].reshape(x.shape)
+        net.reshape()
+        net.blobs["x"].data[...] = x
+        net.forward()
+        np.testing.assert_allclose(net.blobs["y"].data, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
