@@ -708,6 +708,13 @@ class _Exporter:
             x = g.op("Flatten", [x], h + "_flat", axis=1)
             axis = 1
         d = shape[axis] if p.HasField("axis") else int(np.prod(shape[1:]))
+        if p.top_k == 1 and not p.out_max_val:
+            # ONNX's ArgMax with select_last_index ranks ties as Caffe does
+            idx = g.op("ArgMax", [x], h + "_argmax", axis=axis, keepdims=1, select_last_index=1)
+            y = g.op("Cast", [idx], h + "_fidx", to=1)
+            if not p.HasField("axis"):
+                y = g.reshape(y, self.batch_dims(self.shape(tops[0])), h + "_out")
+            return self.finish(y, tops[0])
         # Caffe ranks equal values by the larger index first: reverse the axis around TopK
         rev = g.slice(x, [-1], [-(2 ** 62)], [axis], h + "_rev", steps=[-1])
         vals, idx = g.op("TopK", [rev, g.ints(h + "_k", [p.top_k])], h + "_topk", outputs=2, axis=axis)

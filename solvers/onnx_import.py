@@ -74,6 +74,7 @@ class _Importer:
         self.weights = caffe_pb2.NetParameter(name=self.net.name)
         self.names = set()
         self.batch_of = {}      # constant computed from a tensor's shape -> that tensor
+        self.skip = set()       # outputs of nodes already taken into a pattern's layer
 
     # -- helpers -------------------------------------------------------------------
     def error(self, node, msg):
@@ -142,6 +143,8 @@ class _Importer:
             self.names.add(name)
             self.blob[name] = name
         for node in self.graph.node:
+            if node.name in self.skip or node.output[0] in self.skip:
+                continue
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(node, "operator domain %r is not ONNX's own" % node.domain)
             if self.fold(node):
@@ -173,6 +176,13 @@ class _Importer:
             self.consts[node.output[0]] = np.asarray(shape, np.int64)[a.get("start", 0):a.get("end")]
             self.batch_of[node.output[0]] = node.input[0]
             return True
+        if node.op_type == "ConstantOfShape" and node.input[0] in self.batch_of:
+            src = self.batch_of[node.input[0]]
+            value = self.attrs(node).get("value")
+            one = value is None or self.np_helper.to_array(value).reshape(-1)[0] == 1
+            if one and tuple(self.consts[node.input[0]]) == self.shape(src):   # ones like a blob: Power 0
+                self.add(node, "Power", [src], power_param=caffe_pb2.PowerParameter(power=0.0))
+                return True
         ins = [x for x in node.input if x]
         if node.op_type != "Constant" and (not ins or any(x not in self.consts for x in ins)):
             return False
@@ -419,6 +429,10 @@ class _Importer:
 
     def op_Cast(self, node, a):
         src = node.input[0]
+        if src in self.pending and self.pending[src][0] == "argmax":
+            x, axis = self.pending[src][1]
+            self.add(node, "ArgMax", [x], argmax_param=caffe_pb2.ArgMaxParameter(axis=axis, top_k=1))
+            return
         if src in self.pending and self.pending[src][0] == "greater":
             x, t = self.pending[src][1]
             self.add(node, "Threshold", [x], threshold_param=caffe_pb2.ThresholdParameter(threshold=t))
@@ -643,7 +657,60 @@ class _Importer:
         self._reduce(node, a, "SUMSQ")
 
     def op_ReduceMean(self, node, a):
+        if a.get("keepdims", 1):
+            return self._mvn(node, a)
         self._reduce(node, a, "MEAN")
+
+    def _only_user(self, tensor, op_type):
+        users = self.consumers.get(tensor, [])
+        if len(users) == 1 and users[0].op_type == op_type and tensor not in self.outputs:
+            return users[0]
+        return None
+
+    def _axes(self, node, a, rank):
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.const(node.input[1]).tolist()
+        return sorted(v % rank for v in axes) if axes is not None else list(range(rank))
+
+    def _mvn(self, node, a):
+        """x - mean(x) [/ (sqrt(mean((x - mean)^2)) + eps)] over (C,) H, W: Caffe's MVN, as exported."""
+        x = self.data_input(node)
+        rank = len(self.shape(x))
+        axes = self._axes(node, a, rank)
+        sub = self._only_user(node.output[0], "Sub")
+        if axes not in (list(range(1, rank)), list(range(2, rank))) or sub is None or sub.input[0] != x:
+            raise self.error(node, "a ReduceMean keeping its axes maps to Caffe only as MVN's x - mean(x) "
+                             "over the axes from 1 or 2 on")
+        y, taken = sub.output[0], [sub]
+        out, p = y, caffe_pb2.MVNParameter(normalize_variance=False, across_channels=axes[0] == 1)
+        sq = [u for u in self.consumers.get(y, []) if u.op_type == "Mul" and list(u.input) == [y, y]]
+        if sq:
+            var = self._only_user(sq[0].output[0], "ReduceMean")
+            std = var and self._only_user(var.output[0], "Sqrt")
+            add = std and self._only_user(std.output[0], "Add")
+            div = add and self._only_user(add.output[0], "Div")
+            eps = add and self.const(add.input[1])
+            if div is None or eps is None or eps.size != 1 or list(div.input) != [y, add.output[0]] or \
+                    self._axes(var, self.attrs(var), rank) != axes:
+                raise self.error(node, "this normalisation is not Caffe's MVN pattern (x - mean) / (std + eps)")
+            taken += [sq[0], var, std, add, div]
+            out = div.output[0]
+            p.normalize_variance, p.eps = True, float(eps.reshape(-1)[0])
+        if out != y and len({id(u) for u in self.consumers.get(y, [])}) != 2:
+            raise self.error(node, "the centred values are read elsewhere too; Caffe's MVN gives only its output")
+        self.skip.update(n.output[0] for n in taken)
+        self.add(node, "MVN", [x], tops=[out], mvn_param=p)
+
+    def op_ArgMax(self, node, a):
+        x = self.data_input(node)
+        if not a.get("select_last_index", 0) or not a.get("keepdims", 1):
+            raise self.error(node, "Caffe's ArgMax keeps the axis and takes the last of equal values: "
+                             "needs keepdims 1 and select_last_index 1")
+        users = self.consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "Cast" or self.attrs(u).get("to") != 1 for u in users):
+            raise self.error(node, "its indices must be cast to float (Caffe's ArgMax writes float)")
+        self.pending[node.output[0]] = ("argmax", (x, a.get("axis", 0) % len(self.shape(x))))
 
 
 def onnx_to_caffe(model, input_shapes=None):

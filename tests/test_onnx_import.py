@@ -74,6 +74,13 @@ CASES = {
                        [("data", (2, 3, 4))], {}),
     "crop": (L("Crop", "crop_param { axis: 2 offset: 1 offset: 2 }", bottoms=("data", "ref")),
              [("data", (2, 3, 6, 7)), ("ref", (2, 3, 4, 3))], {}),
+    "argmax_power0_mvn": (L("ArgMax", "argmax_param { axis: 1 }", tops=("a",), name="a")
+                          + L("ArgMax", "", tops=("b",), name="b")
+                          + L("Power", "power_param { power: 0 }", tops=("p",), name="p")
+                          + L("MVN", "", tops=("m",), name="m")
+                          + L("MVN", "mvn_param { normalize_variance: false across_channels: true }", tops=("m2",),
+                              name="m2"),
+                          [("data", (2, 3, 4, 2))], {}),
     "embed": (L("Embed", "embed_param { num_output: 3 input_dim: 5 }"), [("data", (2, 4))], {"data": "index:5"}),
 }
 
