@@ -157,6 +157,15 @@ class _Importer:
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
                 raise self.error(node, "malformed or unsupported form (%s: %s)" % (type(e).__name__, e)) from None
         for o in self.outputs:
+            if o in self.consts and o not in self.blob:     # a constant output: Caffe's Parameter layer
+                p = caffe_pb2.ParameterParameter()
+                p.shape.dim.extend(self.consts[o].shape)
+                lp = self.net.layer.add(name=self.unique(o), type="Parameter")
+                lp.top.append(o)
+                lp.parameter_param.CopyFrom(p)
+                w = self.weights.layer.add(name=lp.name, type="Parameter")
+                w.blobs.add().CopyFrom(array_to_blobproto(np.asarray(self.consts[o], np.float32)))
+                continue
             if o in self.pending:
                 raise OnnxImportError("graph output %r is %s, not a value Caffe layers compute" % (o, self.pending[o][0]))
             if self.blob.get(o, o) != o:     # an alias (Identity, Cast) is an output: give it its name
@@ -383,7 +392,7 @@ class _Importer:
         if slope is None:
             raise self.error(node, "the slope must be a constant")
         if slope.size == 1:
-            self.add(node, "PReLU", [x], blobs=[slope.reshape(1)],
+            self.add(node, "PReLU", [x], blobs=[slope.reshape(())],
                      prelu_param=caffe_pb2.PReLUParameter(channel_shared=True))
             return
         if shape is None or len(shape) < 2 or slope.size != shape[1] or \
