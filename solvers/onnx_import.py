@@ -291,6 +291,13 @@ class _Importer:
         if target is None or a.get("allowzero", 0):
             raise self.error(node, "the target shape must be a constant (and allowzero 0)")
         target = [int(v) for v in target.reshape(-1)]
+        users = self.consumers.get(node.output[0], [])
+        src_shape = self.shape(x)
+        if users and node.output[0] not in self.outputs and all(u.op_type in ("Mul", "Add") for u in users) and \
+                src_shape and tuple(target) == tuple(src_shape) + (1,) * (len(target) - len(src_shape)) and \
+                all(self._other(u, node.output[0]) not in self.consts for u in users):
+            self.pending[node.output[0]] = ("broadcast", x)   # a factor shaped to broadcast: Scale/Bias
+            return
         src = self.batch_of.get(node.input[1])
         if src is not None and target and self.inputs and target[0] == self.shape(src)[0] == self.shape(x)[0]:
             target[0] = 0    # the batch size read from a shape: copy it, so other batch sizes work
@@ -490,11 +497,38 @@ class _Importer:
                              "of %s" % (c.shape, shape))
         return lead, c.reshape(cs) if cs else c.reshape(())
 
+    @staticmethod
+    def _other(node, tensor):
+        return node.input[1] if node.input[0] == tensor else node.input[0]
+
+    def _two_bottom(self, node, op):
+        """Mul/Add of a blob and a factor blob broadcast over it: Scale/Bias with two bottoms, or None."""
+        if op not in ("Mul", "Add"):
+            return None
+        x0, x1 = node.input[0], node.input[1]
+        for x, f in ((x0, x1), (x1, x0)):
+            shaped = self.shape(f)
+            src = f
+            if f in self.pending and self.pending[f][0] == "broadcast":
+                src = self.pending[f][1]
+            sx, sf = self.shape(x), self.shape(src)
+            if sx is None or sf is None or shaped is None or len(shaped) > len(sx) or sx == shaped:
+                continue
+            axis = len(sx) - len(shaped)
+            if tuple(sx[axis:axis + len(sf)]) == tuple(sf) and \
+                    tuple(shaped) == tuple(sf) + (1,) * (len(shaped) - len(sf)):
+                if op == "Mul":
+                    return self.add(node, "Scale", [x, src], scale_param=caffe_pb2.ScaleParameter(axis=axis))
+                return self.add(node, "Bias", [x, src], bias_param=caffe_pb2.BiasParameter(axis=axis))
+        return None
+
     def _arith(self, node, op):
         x0, x1 = node.input[0], node.input[1]
         c0, c1 = self.const(x0), self.const(x1)
         if c0 is None and c1 is None:
             s0, s1 = self.shape(x0), self.shape(x1)
+            if s0 != s1 and self._two_bottom(node, op) is not None:
+                return
             if s0 != s1:
                 raise self.error(node, "inputs of shapes %s and %s: Caffe's Eltwise needs equal shapes" % (s0, s1))
             E = caffe_pb2.EltwiseParameter
@@ -688,6 +722,8 @@ class _Importer:
         rank = len(self.shape(x))
         axes = self._axes(node, a, rank)
         sub = self._only_user(node.output[0], "Sub")
+        if axes == [0] + list(range(2, rank)) and sub is not None and sub.input[0] == x:
+            return self._batch_stats(node, x, sub, axes, rank)
         if axes not in (list(range(1, rank)), list(range(2, rank))) or sub is None or sub.input[0] != x:
             raise self.error(node, "a ReduceMean keeping its axes maps to Caffe only as MVN's x - mean(x) "
                              "over the axes from 1 or 2 on")
@@ -710,6 +746,25 @@ class _Importer:
             raise self.error(node, "the centred values are read elsewhere too; Caffe's MVN gives only its output")
         self.skip.update(n.output[0] for n in taken)
         self.add(node, "MVN", [x], tops=[out], mvn_param=p)
+
+    def _batch_stats(self, node, x, sub, axes, rank):
+        """(x - mean) / sqrt(var + eps) over N, H, W: Caffe's BatchNorm on batch statistics."""
+        y = sub.output[0]
+        sq = [u for u in self.consumers.get(y, []) if u.op_type == "Mul" and list(u.input) == [y, y]]
+        var = sq and self._only_user(sq[0].output[0], "ReduceMean")
+        add = var and self._only_user(var.output[0], "Add")
+        std = add and self._only_user(add.output[0], "Sqrt")
+        div = std and self._only_user(std.output[0], "Div")
+        eps = add and self.const(add.input[1])
+        if not div or eps is None or eps.size != 1 or list(div.input) != [y, std.output[0]] or \
+                self._axes(var, self.attrs(var), rank) != axes or len({id(u) for u in self.consumers[y]}) != 2:
+            raise self.error(node, "this normalisation over N, H, W is not Caffe's BatchNorm pattern "
+                             "(x - mean) / sqrt(var + eps)")
+        self.skip.update(n.output[0] for n in (sub, sq[0], var, add, std, div))
+        c = self.shape(x)[1]
+        self.add(node, "BatchNorm", [x], tops=[div.output[0]], blobs=[np.zeros(c), np.zeros(c), np.ones(1)],
+                 batch_norm_param=caffe_pb2.BatchNormParameter(use_global_stats=False,
+                                                               eps=float(eps.reshape(-1)[0])))
 
     def op_ArgMax(self, node, a):
         x = self.data_input(node)
