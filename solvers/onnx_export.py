@@ -429,14 +429,12 @@ class _Exporter:
                 x = self.g.slice(x, [0, 0], [H + min(eh, 0), W + min(ew, 0)], [2, 3], lp.name + "_trim")
             return self.emit("MaxPool", [x], tops[0], kernel_shape=[kh, kw], strides=[sh, sw],
                              pads=[ph, pw, max(eh, 0), max(ew, 0)])
-        # AVE: Caffe's divisor is the window clipped to the input padded by (ph, pw)
-        if ph or pw:
-            x = self.g.op("Pad", [x, self.g.ints(lp.name + "_pads", [0, 0, ph, pw, 0, 0, ph, pw])],
-                          lp.name + "_pad")
+        # AVE: Caffe's divisor is the window clipped to the input padded by (ph, pw): zero-pad by
+        # that much (less at the end where no window reaches; negative: rows no window reads)
+        if ph or pw or eh < 0 or ew < 0:
+            pads = [0, 0, ph, pw, 0, 0, min(eh, ph), min(ew, pw)]
+            x = self.g.op("Pad", [x, self.g.ints(lp.name + "_pads", pads)], lp.name + "_pad")
         eh, ew = eh - ph, ew - pw        # beyond Caffe's padding: not counted
-        if eh < 0 or ew < 0:
-            x = self.g.slice(x, [0, 0], [H + 2 * ph + min(eh, 0), W + 2 * pw + min(ew, 0)], [2, 3],
-                             lp.name + "_trim")
         return self.emit("AveragePool", [x], tops[0], kernel_shape=[kh, kw], strides=[sh, sw],
                          pads=[0, 0, max(eh, 0), max(ew, 0)], count_include_pad=0)
 

@@ -312,9 +312,11 @@ class _Importer:
             o -= 1
         return o
 
-    def _pooling(self, node, a, method, x, extra_pad=(0, 0)):
+    def _pooling(self, node, a, method, x, extra_pad=(0, 0), source=None):
+        """Caffe's Pooling for an ONNX pool of x; ``source``: the blob a folded zero Pad of
+        ``extra_pad`` at the start read (then x is that Pad's output)."""
         P = caffe_pb2.PoolingParameter
-        shape = self.shape(x)
+        shape = self.shape(source or x)
         out = self.shape(node.output[0])
         if len(a.get("kernel_shape", [])) != 2 or shape is None or len(shape) != 4:
             raise self.error(node, "only 2-D pooling over (N, C, H, W) maps to Caffe's Pooling")
@@ -323,7 +325,7 @@ class _Importer:
         (kh, kw), (sh, sw) = a["kernel_shape"], a.get("strides", [1, 1])
         begin, end = self._spatial(node, a, 2)
         pad = [begin[0] + extra_pad[0], begin[1] + extra_pad[1]]
-        H, W = shape[2] - 2 * extra_pad[0], shape[3] - 2 * extra_pad[1]
+        H, W = shape[2:]
         if method == P.AVE:
             ok = (not a.get("count_include_pad", 0) and begin == [0, 0]) or \
                  (a.get("count_include_pad", 0) and not any(extra_pad) and all(e <= b for b, e in zip(begin, end)))
@@ -339,7 +341,7 @@ class _Importer:
             raise self.error(node, "output size %s matches neither of Caffe's roundings for pads %s" % (out, pad))
         p = caffe_pb2.PoolingParameter(pool=method, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw,
                                        pad_h=pad[0], pad_w=pad[1], round_mode=mode)
-        self.add(node, "Pooling", [x], pooling_param=p)
+        self.add(node, "Pooling", [source or x], pooling_param=p)
 
     def op_MaxPool(self, node, a):
         if len(node.output) > 1 and node.output[1]:
@@ -349,9 +351,11 @@ class _Importer:
     def op_AveragePool(self, node, a):
         x = node.input[0]
         if x in self.pending and self.pending[x][0] == "pad":
-            src, (ph, pw) = self.pending[x][1]
-            self._pooling(node, a, caffe_pb2.PoolingParameter.AVE, x, extra_pad=(ph, pw))
-            self.net.layer[-1].bottom[0] = self.blob.get(src, src)
+            src, begin, end = self.pending[x][1]
+            cut = any(e < b for b, e in zip(begin, end))
+            if cut and any(a.get("pads", [0] * 4)[2:]):
+                raise self.error(node, "pads past a Pad that stopped short of Caffe's: no Caffe divisor")
+            self._pooling(node, a, caffe_pb2.PoolingParameter.AVE, x, extra_pad=begin, source=src)
             return
         self._pooling(node, a, caffe_pb2.PoolingParameter.AVE, self.data_input(node))
 
@@ -362,12 +366,13 @@ class _Importer:
         value = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         users = self.consumers.get(node.output[0], [])
         mode = a.get("mode", b"constant")
-        if pads is None or len(pads) != 8 or any(pads[[0, 1, 4, 5]]) or pads[2] != pads[6] or pads[3] != pads[7] \
+        if pads is None or len(pads) != 8 or any(pads[[0, 1, 4, 5]]) or min(pads[2], pads[3]) < 0 \
+                or pads[6] > pads[2] or pads[7] > pads[3] \
                 or mode not in (b"constant", "constant") or (value is not None and value.reshape(-1)[0] != 0) \
                 or not users or any(u.op_type != "AveragePool" for u in users):
-            raise self.error(node, "only a zero Pad of H and W (both sides alike) read by AveragePool maps to "
-                             "Caffe (as Pooling's pad)")
-        self.pending[node.output[0]] = ("pad", (x, (int(pads[2]), int(pads[3]))))
+            raise self.error(node, "only a zero Pad of H and W (no more at the end than at the start) read by "
+                             "AveragePool maps to Caffe (as Pooling's pad)")
+        self.pending[node.output[0]] = ("pad", (x, [int(v) for v in pads[[2, 3]]], [int(v) for v in pads[[6, 7]]]))
 
     def op_GlobalMaxPool(self, node, a):
         self.add(node, "Pooling", [self.data_input(node)], pooling_param=caffe_pb2.PoolingParameter(
