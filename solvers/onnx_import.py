@@ -517,7 +517,7 @@ class _Importer:
             if f in self.pending and self.pending[f][0] == "broadcast":
                 src = self.pending[f][1]
             sx, sf = self.shape(x), self.shape(src)
-            if sx is None or sf is None or shaped is None or len(shaped) > len(sx) or sx == shaped:
+            if sx is None or sf is None or shaped is None or len(shaped) > len(sx) or (sx == shaped and src == f):
                 continue
             axis = len(sx) - len(shaped)
             if tuple(sx[axis:axis + len(sf)]) == tuple(sf) and \
@@ -532,7 +532,7 @@ class _Importer:
         c0, c1 = self.const(x0), self.const(x1)
         if c0 is None and c1 is None:
             s0, s1 = self.shape(x0), self.shape(x1)
-            if s0 != s1 and self._two_bottom(node, op) is not None:
+            if self._two_bottom(node, op) is not None:
                 return
             if s0 != s1:
                 raise self.error(node, "inputs of shapes %s and %s: Caffe's Eltwise needs equal shapes" % (s0, s1))
