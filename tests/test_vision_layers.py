@@ -262,6 +262,36 @@ def test_convolution_column_layouts_agree(monkeypatch, layout, param, pad, strid
     gradient_check(text, [(2, 4, 5, 6)])
 
 
+@pytest.mark.parametrize("param", ["kernel_size: 3 pad: 1 stride: 2", "kernel_size: 2 group: 2 dilation: 2 pad: 1",
+                                   "kernel_size: 3 bias_term: false"])
+def test_convolution_big_columns_are_made_again_in_backward(monkeypatch, param):
+    """Per-image columns over the keep limit are not kept: backward makes them again a few
+    images at a time (one per pass here) and gives the gradients kept columns give."""
+    import solvers.layers.vision as vision
+    monkeypatch.setattr(vision.ConvolutionLayer, "_layout", lambda self: "per_image")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    dy = None
+    grads = []
+    for keep_bytes, pass_bytes in ((1 << 30, 2 << 20), (0, 1)):
+        monkeypatch.setattr(vision, "_KEEP_BYTES", keep_bytes)
+        monkeypatch.setattr(vision, "_PASS_BYTES", pass_bytes)
+        layer = make_layer(CONV_TEXT % param)
+        bottom, top = setup(layer, [x])
+        rng_w = np.random.default_rng(7)
+        for b in layer.blobs:
+            b.data[...] = rng_w.standard_normal(b.shape)
+        layer.forward(bottom, top)
+        assert (0 in layer._kept) == bool(keep_bytes)
+        if dy is None:
+            dy = rng.standard_normal(top[0].shape).astype(np.float32)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        grads.append([bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+    for kept, again in zip(*grads):
+        np.testing.assert_allclose(again, kept, rtol=1e-5, atol=1e-5)
+
+
 CONV_TEXT = ('type: "Convolution" convolution_param { num_output: 6 %s '
              'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" } }')
 

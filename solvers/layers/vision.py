@@ -29,6 +29,8 @@ def _shape_str(shape):
 
 
 _PASS_BYTES = 2 << 20   # scratch-only work (columns not kept, pooling planes) runs in passes of about this size
+_KEEP_BYTES = 32 << 20  # per-image columns up to this size are kept from forward for backward; bigger ones
+                        # are made again in backward (as Caffe does), so big images cost one shared buffer
 
 
 class _ColumnStore:
@@ -230,7 +232,9 @@ class ConvolutionLayer(_BaseConvolution):
     Weights (num_output, channels/group, *kernel), bias (num_output,).
     The column matrix of each bottom is kept from forward for backward in
     the layer's ``column_store`` (Caffe recomputes it; the bottom data has
-    not changed in between), unless ``need_backward`` is False (a TEST net):
+    not changed in between; per-image columns bigger than ``_KEEP_BYTES`` are
+    made again in backward, a few images at a time, as Caffe does), unless
+    ``need_backward`` is False (a TEST net):
     then forward writes it to the shared scratch, or to the store it shares
     with the train net's layer, and a backward recomputes it.
     """
@@ -310,6 +314,29 @@ class ConvolutionLayer(_BaseConvolution):
         self.need_backward = True
         return self._columns(xp, x, i, layout, keep=True)
 
+    def _keeps_columns(self, layout, itemsize):
+        """Whether forward keeps the columns for backward: always in the batch layouts (their
+        products must see the batch at once); per image, while the batch's columns are at
+        most _KEEP_BYTES -- else backward makes them again a few images at a time."""
+        return layout != "per_image" or math.prod(self._column_shape(layout, self.num)) * itemsize <= _KEEP_BYTES
+
+    def _per_image_backward(self, xp, dy, bottom_blob, i, w, need_x):
+        """Backward in the per-image layout: with the columns forward kept (made again if it
+        did not keep them), or, where they are too big to keep, made again a few images at a
+        time (scratch-sized passes; the weight gradient sums the passes)."""
+        n, c = self.num, self.geo.channels
+        x = bottom_blob.data.reshape((n, c) + self.in_spatial)
+        dx = bottom_blob.diff.reshape(x.shape) if need_x else None
+        if self._keeps_columns("per_image", x.dtype.itemsize):   # kept, or made again and kept from now on
+            self._backward_per_image(xp, dy, self._backward_columns(xp, bottom_blob, i, "per_image"), w, dx)
+        else:
+            step = self._images_per_pass(x.dtype.itemsize)
+            for lo in range(0, n, step):
+                col = self._columns(xp, x[lo:lo + step], i, "per_image", keep=False)
+                self._backward_per_image(xp, dy[lo:lo + step], col, w, None if dx is None else dx[lo:lo + step])
+        if need_x:
+            self._kept.discard(i)   # the input gradient's columns overwrote them
+
     def _images_per_pass(self, itemsize):
         """Images per pass for per-image columns not kept: passes of at most ~_PASS_BYTES."""
         image_bytes = math.prod(self._column_shape("per_image", 1)) * itemsize
@@ -326,7 +353,7 @@ class ConvolutionLayer(_BaseConvolution):
         n, m = self.num, self.num_output
         w = self.blobs[0].data.reshape(self.group, m // self.group, -1)
         layout = self._layout()
-        keep = self.need_backward
+        keep = self.need_backward and self._keeps_columns(layout, bottom[0].data.dtype.itemsize)
         step = n if keep or layout != "per_image" else self._images_per_pass(bottom[0].data.dtype.itemsize)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape((n, g.channels) + self.in_spatial)
@@ -390,10 +417,7 @@ class ConvolutionLayer(_BaseConvolution):
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape(n, m, -1)
             if fold:
-                self._backward_per_image(xp, dy, self._backward_columns(xp, b, i, layout), w,
-                                         propagate_down[i], b, x_shape)
-                if propagate_down[i]:
-                    self._kept.discard(i)   # the input gradient's columns overwrote them
+                self._per_image_backward(xp, dy, b, i, w, propagate_down[i])
                 continue
             if len(self.blobs) > 1 and self.param_propagate_down[1]:
                 # (N, M, pixels) @ ones: a BLAS product, faster than sum over axes (0, 2).
@@ -404,12 +428,10 @@ class ConvolutionLayer(_BaseConvolution):
             need_w = self.param_propagate_down[0]
             if not (need_w or propagate_down[i]):
                 continue
-            col = self._backward_columns(xp, b, i, layout)
             if layout == "per_image":
-                self._backward_per_image(xp, dy, col, w, propagate_down[i], b, x_shape)
-                if propagate_down[i]:
-                    self._kept.discard(i)
+                self._per_image_backward(xp, dy, b, i, w, propagate_down[i])
                 continue
+            col = self._backward_columns(xp, b, i, layout)
             npix = col.shape[1]
             # Columns ordered (pixel, n) make col2im's adds run over long rows; the
             # weight gradient needs dy in the columns' own order.
@@ -445,7 +467,7 @@ class ConvolutionLayer(_BaseConvolution):
                 col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
                        out=b.diff.reshape(x_shape), scratch=scratch, batch_last=True)
 
-    def _backward_per_image(self, xp, dy, col, w, need_x, bottom_blob, x_shape):
+    def _backward_per_image(self, xp, dy, col, w, dx):
         """Backward with per-image columns (N, C*K [+1], pixels): batched matmuls, no transposes of dy.
 
         With the bias folded in (an extra row of ones in ``col``), the weight
@@ -453,7 +475,7 @@ class ConvolutionLayer(_BaseConvolution):
         overwrite ``col`` (the caller forgets it).
         """
         g, G = self.geo, self.group
-        n, m = self.num, self.num_output
+        n, m = dy.shape[0], self.num_output
         npix = col.shape[2]
         rows = g.channels * g.kernel_count
         fold = col.shape[1] > rows
@@ -466,13 +488,13 @@ class ConvolutionLayer(_BaseConvolution):
                            last_column=self.blobs[1].diff if need_b else None)
         elif need_b:
             self.blobs[1].diff += dy.sum(axis=(0, 2))
-        if need_x:
+        if dx is not None:
             dcol = col[:, :rows] if fold else col   # with fold there are no groups (G == 1)
             xp.matmul(w.transpose(0, 2, 1), dy4, out=dcol.reshape(n, G, -1, npix))
-            scratch = _scratch(dy, 3, col2im_scratch_shape(x_shape, g.kernel, g.pad, g.stride, g.dilation,
+            scratch = _scratch(dy, 3, col2im_scratch_shape(dx.shape, g.kernel, g.pad, g.stride, g.dilation,
                                                          per_image=True))
-            col2im(dcol, x_shape, g.kernel, g.pad, g.stride, g.dilation,
-                   out=bottom_blob.diff.reshape(x_shape), scratch=scratch, per_image=True)
+            col2im(dcol, dx.shape, g.kernel, g.pad, g.stride, g.dilation, out=dx, scratch=scratch,
+                   per_image=True)
 
 
 @register_layer("Deconvolution")
