@@ -11,8 +11,10 @@ Caffe's i, f, o, g to its i, f, g, o; its second bias set to 0) and the same
 data; the two losses are compared, so the benchmark also checks that both
 compute the same thing. Timed: forward and backward of the net (the
 solver's update is left out on both sides). Prints medians and the ratio
-ours / PyTorch. The machine may be shared: read the ratio, not the
-milliseconds; the two run in alternating blocks so both see the same load.
+ours / PyTorch. BLAS threads follow the toolkit's policy (free cores, or
+CAFFE_NUM_THREADS / OPENBLAS_NUM_THREADS), and PyTorch gets as many. The
+machine may be shared: read the ratio, not the milliseconds; the two run in
+alternating blocks so both see the same load.
 """
 import argparse
 import os
@@ -46,10 +48,15 @@ def default_net_param(vocab, steps, streams):
 
 
 def blas_threads():
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return os.cpu_count() or 1
+    """The toolkit's BLAS thread policy (solvers/threads.py), which PyTorch is then given too."""
+    from solvers import threads
+    n = threads.apply_default()
+    if n is None:   # the user's OPENBLAS/OMP/MKL variable rules
+        for var in threads.BLAS_ENVS:
+            if os.environ.get(var, "").strip().isdigit():
+                return int(os.environ[var])
+        return threads.usable_cores()
+    return n
 
 
 def make_ours(param, ids, labels, cont):

@@ -9,9 +9,6 @@
 # char_rnn.py flags in NET_FLAGS (e.g. NET_FLAGS="--hidden 128").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One BLAS thread unless told otherwise: the LSTM's per-step products are small, and a second
-# OpenBLAS thread made them 10-20x slower on a busy machine.
-export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 
 python examples/char_rnn/create_char_data.py "$@"
 # shellcheck disable=SC2086
