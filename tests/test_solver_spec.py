@@ -131,7 +131,19 @@ def test_lenet_example_writes_three_files(lenet_out):
     assert train.layer[0].transform_param.scale == pytest.approx(1 / 255)
     assert [lay.type for lay in train.layer] == ["Data", "Convolution", "Pooling", "Convolution",
                                                  "Pooling", "InnerProduct", "ReLU", "InnerProduct",
-                                                 "SoftmaxWithLoss"]
+                                                 "Accuracy", "SoftmaxWithLoss"]
+    # accuracy only in the TEST phase (BVLC's lenet_train_test.prototxt), before the loss so
+    # that the log's "Test net output #0" is the accuracy
+    accuracy = test.layer[8]
+    assert (accuracy.type, list(accuracy.bottom), list(accuracy.top)) == ("Accuracy", ["score", "label"],
+                                                                         ["accuracy"])
+    assert [r.phase for r in accuracy.include] == [caffe_pb2.TEST]
+
+
+def test_lenet_accuracy_is_in_the_test_net_only(lenet_out):
+    from solvers.net import Net
+    train = Net(str(lenet_out / "lenet_auto_train.prototxt"), caffe_pb2.TRAIN)
+    assert "accuracy" not in train.blobs and train.outputs == ["loss"]
 
 
 def test_lenet_example_solver_is_the_seeds(lenet_out):
@@ -140,12 +152,38 @@ def test_lenet_example_solver_is_the_seeds(lenet_out):
     assert s.train_net == out + "/lenet_auto_train.prototxt"  # outside the repo: absolute
     assert list(s.test_net) == [out + "/lenet_auto_test.prototxt"]
     assert s.snapshot_prefix == out + "/lenet"
-    assert list(s.test_iter) == [100] and s.test_interval == 500
+    assert list(s.test_iter) == [_one_pass(REPO / "examples" / "mnist" / "mnist_test_lmdb")]
+    assert s.test_interval == 500
     assert s.base_lr == pytest.approx(0.01) and s.momentum == pytest.approx(0.9)
     assert s.weight_decay == pytest.approx(5e-4) and s.lr_policy == "inv"
     assert s.gamma == pytest.approx(1e-4) and s.power == pytest.approx(0.75)
     assert (s.display, s.max_iter, s.snapshot) == (100, 10000, 5000)
     assert s.solver_mode == caffe_pb2.SolverParameter.CPU
+
+
+def _one_pass(db):
+    """Batches of 100 that see a test LMDB once (100 for 10,000 digits when it is not built yet)."""
+    if not (db / "data.mdb").is_file():
+        return 100
+    import lmdb
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    try:
+        return -(-env.stat()["entries"] // 100)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("records, batches", [(2000, 20), (250, 3)])
+def test_lenet_test_iter_fits_the_test_set(tmp_path, records, batches):
+    import numpy as np
+    from solvers.data.mnist import write_mnist_lmdb
+    db = tmp_path / "test_lmdb"
+    write_mnist_lmdb(np.zeros((records, 28, 28), np.uint8), np.zeros(records, np.int64), db)
+    done = subprocess.run([sys.executable, "examples/mnist/lenet.py", "--out", str(tmp_path / "nets"),
+                           "--test-source", str(db)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    s = parse(tmp_path / "nets" / "lenet_auto_solver.prototxt", caffe_pb2.SolverParameter)
+    assert list(s.test_iter) == [batches]
 
 
 def test_lenet_example_paths_are_repo_relative_inside_the_repo():
@@ -164,7 +202,13 @@ def test_lenet_example_matches_golden(lenet_out):
     for phase in ("train", "test"):
         ours = parse(lenet_out / ("lenet_auto_%s.prototxt" % phase), caffe_pb2.NetParameter)
         pycaffe = parse(GOLDEN / "netspec" / ("lenet_%s.prototxt" % phase), caffe_pb2.NetParameter)
-        assert ours == pycaffe, phase
+        # the seed's nets plus one layer: the TEST-phase Accuracy (pycaffe wrote the notebook's without)
+        assert [lay.name for lay in ours.layer if lay.type == "Accuracy"] == ["accuracy"]
+        seed = caffe_pb2.NetParameter()
+        seed.CopyFrom(ours)
+        del seed.layer[:]
+        seed.layer.extend(lay for lay in ours.layer if lay.type != "Accuracy")
+        assert seed == pycaffe, phase
     # the golden run's solver differs only in paths, schedule length and test size
     ours = parse(lenet_out / "lenet_auto_solver.prototxt", caffe_pb2.SolverParameter)
     caffe = parse(GOLDEN / "lenet" / "lenet_auto_solver.prototxt", caffe_pb2.SolverParameter)

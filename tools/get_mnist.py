@@ -31,7 +31,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     splits = ("train", "test") if args.split == "all" else (args.split,)
     try:
-        get_dataset(args.out_dir, args.dataset, args.from_dir, args.mirror, splits, args.timeout)
+        get_dataset(args.out_dir, args.dataset, args.from_dir, args.mirror, splits, args.timeout,
+                    test_only="--split test")
     except CaffeError as e:
         print("get_mnist: error: %s" % e, file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout, no install needed
     sys.path.insert(0, str(REPO))
 
-from netspec import NetSpec, layers as L, params as P, solver, write_prototxt  # noqa: E402
+from netspec import TEST, NetSpec, layers as L, params as P, solver, write_prototxt  # noqa: E402
 
 TRAIN_NET = "lenet_auto_train.prototxt"
 TEST_NET = "lenet_auto_test.prototxt"
@@ -28,7 +28,12 @@ SOLVER = "lenet_auto_solver.prototxt"
 
 
 def lenet(lmdb, batch_size):
-    """The notebook's LeNet: LMDB data scaled to [0, 1), two conv/pool, two inner products."""
+    """The notebook's LeNet: LMDB data scaled to [0, 1), two conv/pool, two inner products.
+
+    Beyond the notebook, an Accuracy layer in the TEST phase only (as in
+    BVLC's lenet_train_test.prototxt), so the log reports the test accuracy;
+    the train net is the notebook's.
+    """
     n = NetSpec()
     n.data, n.label = L.Data(batch_size=batch_size, backend=P.Data.LMDB, source=lmdb,
                              transform_param=dict(scale=1. / 255), ntop=2)
@@ -39,24 +44,46 @@ def lenet(lmdb, batch_size):
     n.fc1 = L.InnerProduct(n.pool2, num_output=500, weight_filler=dict(type='xavier'))
     n.relu1 = L.ReLU(n.fc1, in_place=True)
     n.score = L.InnerProduct(n.relu1, num_output=10, weight_filler=dict(type='xavier'))
+    n.accuracy = L.Accuracy(n.score, n.label, include=dict(phase=TEST))
     n.loss = L.SoftmaxWithLoss(n.score, n.label)
     return n.to_proto()
 
 
-def lenet_solver(train_net, test_net, snapshot_prefix):
+def lenet_solver(train_net, test_net, snapshot_prefix, test_iter=100):
     """The notebook's solver: SGD with momentum, "inv" decay, 10000 iterations.
 
     CPU mode and random_seed 1 as in the golden run of this example, so two
-    runs give the same numbers.
+    runs give the same numbers. ``test_iter`` batches of 100 make one test
+    pass: 100 for MNIST's 10,000 test digits (see ``test_iter_for``).
     """
     return solver(train_net=train_net, test_net=[test_net],
-                  test_iter=[100],       # 100 test batches of 100 cover the 10,000 test images
+                  test_iter=[test_iter],
                   test_interval=500,
                   base_lr=0.01, momentum=0.9, weight_decay=5e-4,
                   lr_policy='inv', gamma=1e-4, power=0.75,
                   display=100, max_iter=10000,
                   snapshot=5000, snapshot_prefix=snapshot_prefix,
                   random_seed=1, solver_mode='CPU')
+
+
+def test_iter_for(test_lmdb, batch_size=100, default=100):
+    """Test batches that see each test record once: ceil(records / batch_size).
+
+    2,000 digits (the offline 8000/2000 split) give 20, MNIST's 10,000 give
+    100. Without a readable LMDB yet, ``default``.
+    """
+    from netspec.errors import CaffeError
+    from solvers.data.lmdb_source import LMDBReader, is_lmdb_dir
+    if not is_lmdb_dir(test_lmdb):
+        return default
+    try:
+        reader = LMDBReader(test_lmdb)
+    except CaffeError:
+        return default
+    try:
+        return max(1, -(-len(reader) // batch_size))
+    finally:
+        reader.close()
 
 
 def _as_written(path):
@@ -76,8 +103,9 @@ def write_lenet(out, train_source="examples/mnist/mnist_train_lmdb",
     paths = [out / TRAIN_NET, out / TEST_NET, out / SOLVER]
     write_prototxt(lenet(train_source, 64), paths[0])
     write_prototxt(lenet(test_source, 100), paths[1])
+    test_iter = test_iter_for(REPO / test_source)   # relative to the root, where training runs
     write_prototxt(lenet_solver(_as_written(paths[0]), _as_written(paths[1]),
-                                _as_written(out / "lenet")), paths[2])
+                                _as_written(out / "lenet"), test_iter), paths[2])
     return paths
 
 

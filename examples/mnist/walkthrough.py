@@ -95,8 +95,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="LeNet in pycaffe, the Caffe notebook as a script")
     ap.add_argument("--niter", type=int, default=200, help="iterations of the custom loop (default: 200)")
     ap.add_argument("--test-interval", type=int, default=25, help="full test every N iterations (default: 25)")
-    ap.add_argument("--test-iters", type=int, default=100,
-                    help="test batches of 100 digits in a full test (default: 100, all 10,000 test digits)")
+    ap.add_argument("--test-iters", type=int, default=None,
+                    help="test batches of 100 digits in a full test (default: one pass over the test LMDB)")
     ap.add_argument("--out", default=str(HERE / "walkthrough_out"),
                     help="folder for the nets, the solver and the figures (default: %(default)s)")
     ap.add_argument("--data", default=str(HERE),
@@ -134,7 +134,7 @@ import solvers.caffe as caffe
 from solvers import plot
 from netspec import write_prototxt
 
-from lenet import lenet, lenet_solver   # examples/mnist/lenet.py: the notebook's net and solver
+from lenet import lenet, lenet_solver, test_iter_for   # examples/mnist/lenet.py: the notebook's net and solver
 
 train_lmdb, test_lmdb = data / "mnist_train_lmdb", data / "mnist_test_lmdb"
 missing = [str(p) for p in (train_lmdb, test_lmdb) if not (p / "data.mdb").is_file()]
@@ -161,8 +161,8 @@ solver_path = out / "lenet_auto_solver.prototxt"
 write_prototxt(lenet(str(train_lmdb), 64), train_net)
 write_prototxt(lenet(str(test_lmdb), 100), test_net)
 
-solver_param = lenet_solver(str(train_net), str(test_net), str(out / "lenet"))
-solver_param.test_iter[0] = args.test_iters
+test_iters = args.test_iters or test_iter_for(test_lmdb)   # 20 batches of 100 see 2,000 test digits once
+solver_param = lenet_solver(str(train_net), str(test_net), str(out / "lenet"), test_iters)
 write_prototxt(solver_param, solver_path)
 print(train_net.read_text())
 print(solver_path.read_text())
@@ -265,9 +265,9 @@ for it in range(niter):
     #  how to do it directly in Python, where more complicated things are easier.)
     if it % test_interval == 0:
         print("Iteration", it, "testing...")
-        test_acc[it // test_interval] = test_accuracy(solver.test_nets[0], args.test_iters)
+        test_acc[it // test_interval] = test_accuracy(solver.test_nets[0], test_iters)
 
-final_acc = test_accuracy(solver.test_nets[0], args.test_iters)
+final_acc = test_accuracy(solver.test_nets[0], test_iters)
 print("Test accuracy after %d iterations: %.4f" % (solver.iter, final_acc))
 print(solver)
 

@@ -68,11 +68,9 @@ DATASETS = {
     },
 }
 
-OFFLINE_HELP = {
+OFFLINE_HELP = {  # flags both get_mnist.py and create_mnist.py have; the caller adds its own
     "mnist": ("Copy the files from a local folder instead: --from DIR (DIR holding the four "
-              "*-ubyte[.gz] files). ../shared/data/mnist holds the real MNIST test set only "
-              "(t10k-*): use it with --split test, or examples/mnist/create_mnist.py --split-test N "
-              "to train on part of it. For a full 60,000-image set offline, install Debian's "
+              "*-ubyte[.gz] files). For a full 60,000-image set offline, install Debian's "
               "package (apt-get install dataset-fashion-mnist) and use --dataset fashion-mnist."),
     "fashion-mnist": ("Install Debian's package, which puts the files in "
                       "/usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist), "
@@ -175,12 +173,17 @@ def fetch(url, dest, name, dataset="mnist", timeout=30, log=print):
 
 
 def get_dataset(out_dir, dataset="mnist", from_dir=None, mirrors=None, splits=("train", "test"),
-                timeout=30, log=print):
+                timeout=30, log=print, test_only=None):
     """Put verified copies of the wanted files in ``out_dir``; returns {name: path}.
 
     Order: a good copy already in ``out_dir``; ``from_dir`` (only there, when
     given); the system directories (Debian's package); the mirrors in turn.
+    ``test_only`` is how the calling command asks for the test set alone
+    (its own flag, e.g. "--split test"): errors name it, so the advice fits
+    the command the user typed.
     """
+    alone = (" If you only have the test set (t10k-*), ask for it alone with %s." % test_only
+             if test_only else "")
     if dataset not in DATASETS:
         raise DataError("unknown dataset %r; choose one of %s" % (dataset, ", ".join(DATASETS)))
     spec = DATASETS[dataset]
@@ -204,9 +207,8 @@ def get_dataset(out_dir, dataset="mnist", from_dir=None, mirrors=None, splits=("
             src = find_local(from_dir, name)
             if src is None:
                 there = sorted(os.listdir(from_dir)) if os.path.isdir(from_dir) else "no such folder"
-                raise DataError("%s (or %s.gz) is not in %s (it holds: %s). ../shared/data/mnist "
-                                "has the MNIST test set only: ask for it alone with --split test."
-                                % (name, name, from_dir, there))
+                raise DataError("%s (or %s.gz) is not in %s (it holds: %s).%s"
+                                % (name, name, from_dir, there, alone))
             result[name], how = copy_verified(src, out_dir, name, dataset)
             log("%s: copied from %s (%s)" % (result[name], src, how))
             continue
@@ -242,6 +244,6 @@ def get_dataset(out_dir, dataset="mnist", from_dir=None, mirrors=None, splits=("
             result[name] = dest
             break
         if name not in result:
-            raise DataError("could not get %s from any mirror:\n  %s\n%s"
-                            % (name, "\n  ".join(errors) or "(no mirrors)", OFFLINE_HELP[dataset]))
+            raise DataError("could not get %s from any mirror:\n  %s\n%s%s"
+                            % (name, "\n  ".join(errors) or "(no mirrors)", OFFLINE_HELP[dataset], alone))
     return result
