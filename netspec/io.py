@@ -144,9 +144,46 @@ def _enum_by_name(full_name):
         return None
 
 
-def _suggestion(message):
-    """A hint for the usual slips: misspelt field or enum value, V1 enum layer type."""
+def _layer_type_at(text, offset):
+    """The ``type: "..."`` of the ``layer { }`` block around ``offset`` in prototxt ``text``, or None."""
+    starts = [m.start() for m in re.finditer(r"\blayer\s*\{", text)]
+    before = [i for i in starts if i <= offset]
+    if not before:
+        return None
+    after = [i for i in starts if i > offset]
+    block = text[before[-1]:after[0] if after else len(text)]
+    m = re.search(r'\btype:\s*"(\w+)"', block)
+    return m.group(1) if m else None
+
+
+def _layer_field_hint(key, layer_type):
+    """NetSpec's suggestion for a misspelt field directly in a layer, in prototxt words."""
+    from netspec.net_spec import closest_fields, params_holding, param_name_dict
+    near = closest_fields(key, layer_type)
+    if not near:
+        return None
+    hint = "did you mean " + " or ".join(repr(c) for c in near) + "?"
+    if near[0] not in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
+        holders = params_holding(near[0])
+        own = param_name_dict().get(layer_type)
+        block = own if own in holders else (holders[0] if holders else None)
+        if block:
+            hint += " In a %s layer, %s goes inside %s { ... }." % (layer_type, near[0], block)
+    return hint
+
+
+def _suggestion(message, layer_type=None):
+    """A hint for the usual slips: misspelt field or enum value, V1 enum layer type.
+
+    ``layer_type`` (the type of the layer block the error is in) lets a
+    misspelt field directly in a layer get NetSpec's suggestion, which also
+    looks at the fields of the type's own *_param.
+    """
     m = _NO_FIELD.search(message)
+    if m and m.group(1) == "caffe.LayerParameter" and layer_type:
+        hint = _layer_field_hint(m.group(2), layer_type)
+        if hint:
+            return hint
     if m:
         desc = _descriptor_by_name(m.group(1))
         if desc is not None:
@@ -216,7 +253,8 @@ def _format_parse_error(error, text, filename):
         source = lines[line - 1].replace("\t", " ")
         parts.append("    " + source)
         parts.append("    " + " " * (col - 1) + "^")
-    hint = _suggestion(detail) or _unclosed_brace_hint(text)
+    offset = sum(len(x) + 1 for x in lines[:line - 1]) + col - 1
+    hint = _suggestion(detail, _layer_type_at(text, offset)) or _unclosed_brace_hint(text)
     if hint:
         parts.append(hint)
     return "\n".join(parts)

@@ -112,8 +112,31 @@ def known_layer_types():
 
 
 def _suggest(word, candidates, n=3):
-    near = difflib.get_close_matches(word, sorted(candidates), n=n, cutoff=0.6)
+    """' Did you mean ...?': a match ignoring case first ('convolution' -> 'Convolution'), then the nearest."""
+    same = [c for c in sorted(candidates) if c.lower() == word.lower() and c != word]
+    near = same + [c for c in difflib.get_close_matches(word, sorted(candidates), n=n, cutoff=0.6)
+                   if c not in same]
+    near = near[:n]
     return (" Did you mean %s?" % " or ".join(repr(c) for c in near)) if near else ""
+
+
+def closest_fields(key, type_name):
+    """The valid names nearest a misspelt layer field ``key``: LayerParameter's and the type's own *_param's.
+
+    NetSpec's unknown-keyword error and the prototxt reader's both use it.
+    """
+    valid = set(_LAYER_FIELDS) - {"type"}
+    own = _param_names.get(type_name)
+    if own is not None:
+        valid |= set(getattr(caffe_pb2.LayerParameter(), own).DESCRIPTOR.fields_by_name)
+    return difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.6)
+
+
+def params_holding(key):
+    """The *_param fields of LayerParameter whose message has a field named ``key``."""
+    return [f.name for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields
+            if f.message_type is not None and f.name.endswith("_param")
+            and key in f.message_type.fields_by_name]
 
 
 # -- assigning Python values to protobuf messages ------------------------------
@@ -278,16 +301,11 @@ class Function:
         return layer
 
     def _unknown_keyword(self, key, own):
-        valid = set(_LAYER_FIELDS) - {"type"}
-        if own is not None:
-            valid |= set(getattr(caffe_pb2.LayerParameter(), own).DESCRIPTOR.fields_by_name)
-        near = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.6)
+        near = closest_fields(key, self.type_name)
         msg = "%s layer: unknown keyword %r." % (self.type_name, key)
         if near:
             msg += " Closest valid fields: %s." % ", ".join(near)
-        elsewhere = [f.name for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields
-                     if f.message_type is not None and f.name.endswith("_param")
-                     and key in f.message_type.fields_by_name]
+        elsewhere = params_holding(key)
         if elsewhere:
             msg += " %r is a field of %s: pass it as %s=dict(%s=...)." % (
                 key, " and ".join(elsewhere), elsewhere[0], key)

@@ -393,6 +393,21 @@ def _weights_list(flag):
     return [w.strip() for w in (flag or "").split(",") if w.strip()]
 
 
+def _check_weights(weights, verb):
+    """--weights takes .caffemodel files; a solver state there is a slip for --snapshot."""
+    for w in weights:
+        if w.endswith((".solverstate", ".solverstate.h5")):
+            model = w[:-len(".solverstate")] + ".caffemodel" if w.endswith(".solverstate") else \
+                w[:-len(".solverstate.h5")] + ".caffemodel.h5"
+            if verb == "train":
+                raise UsageError("--weights %r is a solver state, not weights: resume training from it "
+                                 "with --snapshot %s (or fine-tune from the weights: --weights %s)"
+                                 % (w, w, model))
+            raise UsageError("--weights %r is a solver state, not weights: give the snapshot's "
+                             "weights, --weights %s" % (w, model))
+        _check_file(w, "--weights file")
+
+
 def train(args, stderr=None):
     """Caffe's ``train``: build the solver, resume or fine-tune, solve; return the solver."""
     if not args.solver:
@@ -402,9 +417,11 @@ def train(args, stderr=None):
                          "(--weights), not both")
     from solvers import data_parallel
     from solvers.solver import read_solver_param
+    from solvers.working_dir import check_working_directory
     parallel = data_parallel.multiprocess()
     with data_parallel.all_or_none("reading the solver and the files it names"):
         param = read_solver_param(args.solver)
+        check_working_directory(param, args.solver)   # run from the wrong folder: say so first
         if args.level:
             param.train_state.level = args.level
         if args.stages:
@@ -413,8 +430,7 @@ def train(args, stderr=None):
             param.max_iter = args.iterations
         weights = _weights_list(args.weights)
         if data_parallel.root_solver():   # under MPI rank 0 reads them and sends the weights
-            for w in weights:
-                _check_file(w, "--weights file")
+            _check_weights(weights, "train")
             if args.snapshot:
                 _check_file(args.snapshot, "--snapshot solver state")
         gpus = _gpus_for_solver(args, param)
@@ -452,7 +468,8 @@ def train(args, stderr=None):
         if signals.wants_snapshot and solver.last_snapshot_iter != solver.iter:
             solver.snapshot()     # what "snapshotting and stopping" promised, at any moment
     args.stopped_by = signals.stopped_by
-    log.info("Optimization Done.")
+    if not solver.requested_early_exit:   # stopped early: the solver said so, it is not done
+        log.info("Optimization Done.")
     return solver
 
 
@@ -477,8 +494,7 @@ def test(args):
     iterations = 50 if args.iterations is None else args.iterations
     if iterations < 1:
         raise UsageError("--iterations must be at least 1, got %d" % iterations)
-    for w in weights:
-        _check_file(w, "--weights file")
+    _check_weights(weights, "test")
     gpus = parse_gpus(args.gpu)
     _use_devices(gpus[:1] if gpus else [], single=True)
     import numpy as np

@@ -152,15 +152,17 @@ def blob_html(blob):
 # -- Solver ------------------------------------------------------------------------
 
 def test_scores(solver):
-    """[(test net index, output name, mean)] from the last test the solver ran."""
+    """[(test net index, output name, mean, iteration tested)] from the last test of each test net."""
     out = []
     for i, net in enumerate(getattr(solver, "test_nets", [])):
         scores = list(solver.mean_scores[i]) if i < len(getattr(solver, "mean_scores", [])) else []
+        tested = getattr(solver, "tested_at", [])
+        at = tested[i] if i < len(tested) else None
         k = 0
         for name in net.outputs:
             for j in range(max(int(net.blobs[name].count), 1)):
                 if k < len(scores):
-                    out.append((i, name if net.blobs[name].count <= 1 else "%s[%d]" % (name, j), scores[k]))
+                    out.append((i, name if net.blobs[name].count <= 1 else "%s[%d]" % (name, j), scores[k], at))
                 k += 1
     return out
 
@@ -186,8 +188,9 @@ def _solver_rows(info):
             ["last loss", "-" if info["loss"] is None else "%.6g" % info["loss"]]]
     if info["loss"] is not None and info["smoothed_loss"] is not None:
         rows.append(["smoothed loss", "%.6g" % info["smoothed_loss"]])
-    for i, name, value in info["tests"]:
-        rows.append(["test net #%d %s" % (i, name), "%.6g" % value])
+    for i, name, value, at in info["tests"]:
+        when = "" if at is None else " (iteration %d)" % at
+        rows.append(["test net #%d %s" % (i, name), "%.6g%s" % (value, when)])
     return rows
 
 

@@ -22,7 +22,6 @@ Conventions shared by every layer (as in Caffe):
 * Math uses ``xp = self.xp_of(bottom[0])``, never a hard numpy import, so the
   same code runs on CuPy.
 """
-import difflib
 
 from netspec.errors import LayerError
 from solvers.backend import get_array_module
@@ -52,8 +51,8 @@ def create_layer(layer_param):
     import solvers.layers  # noqa: F401
     cls = LAYER_REGISTRY.get(layer_param.type)
     if cls is None:
-        near = difflib.get_close_matches(layer_param.type, list(LAYER_REGISTRY), n=3, cutoff=0.5)
-        hint = (" Did you mean %s?" % ", ".join(repr(n) for n in near)) if near else ""
+        from netspec.net_spec import _suggest   # NetSpec's: a match ignoring case comes first
+        hint = _suggest(layer_param.type, LAYER_REGISTRY)
         raise LayerError("layer %r: unknown layer type %r.%s Known types: %s"
                          % (layer_param.name, layer_param.type, hint, ", ".join(sorted(LAYER_REGISTRY))))
     return cls(layer_param)

@@ -23,43 +23,80 @@ def _save(fig, path, dpi):
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _is_loss(name):
+    return "loss" in name.lower()   # Caffe's convention: loss outputs are named *loss*
+
+
+def _span_decades(values):
+    """True when positive ``values`` span more than a factor of ten: a log axis shows them better."""
+    values = [v for v in values if v is not None and v > 0]
+    return bool(values) and max(values) > 10 * min(values)
+
+
 def plot_training_curves(train_rows, test_rows, path, loss_key=None, test_key=None,
                          title=None, size=(8, 5), dpi=100):
-    """Train loss (left axis) and a test score (right axis) against iterations.
+    """Save ``training_curves_figure`` as a PNG; returns ``path``."""
+    plt = _pyplot()
+    fig = training_curves_figure(train_rows, test_rows, loss_key, test_key, title, size)
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return path
+
+
+def training_curves_figure(train_rows, test_rows, loss_key=None, test_key=None, title=None, size=(8, 5)):
+    """Train and test loss on one axis, the test score (accuracy) on its own right-hand axis.
 
     ``train_rows``/``test_rows`` are lists of dicts with ``NumIters`` (as
     ``solvers.log_parser.parse_log`` returns), or pass plain sequences via
     ``plot_loss_history``. ``loss_key`` defaults to ``loss`` (else the first
-    output); ``test_key`` to ``accuracy`` when the test net has one, else its
-    first output.
+    output); ``test_key`` (the score) to ``accuracy`` when the test net has
+    one, else its first output that is not a loss. The test net's loss of
+    the same name joins the train loss on the loss axis, which turns
+    logarithmic when the losses span more than a decade (they usually fall
+    by two). One legend names every line.
     """
     plt = _pyplot()
 
-    def pick(rows, preferred):
-        keys = [k for k in (rows[0] if rows else {}) if k not in ("NumIters", "Seconds", "LearningRate")]
-        if preferred in keys:
-            return preferred
-        return keys[0] if keys else None
+    def outputs(rows):
+        return [k for k in (rows[0] if rows else {}) if k not in ("NumIters", "Seconds", "LearningRate")]
 
-    loss_key = loss_key or pick(train_rows, "loss")
-    test_key = test_key or pick(test_rows, "accuracy")
+    train_keys, test_keys = outputs(train_rows), outputs(test_rows)
+    loss_key = loss_key or ("loss" if "loss" in train_keys else (train_keys[0] if train_keys else None))
+    if test_key is None:
+        scores = [k for k in test_keys if not _is_loss(k)]
+        test_key = "accuracy" if "accuracy" in scores else (scores[0] if scores else None)
+    test_loss = loss_key if loss_key in test_keys and loss_key != test_key else None
+    if test_loss is None and test_key is None and test_keys:
+        test_key = test_keys[0]   # a test net with losses only, named unlike the train loss
     fig, ax1 = plt.subplots(figsize=size)
+    lines, plotted = [], []
     if loss_key:
-        ax1.plot([r["NumIters"] for r in train_rows], [r.get(loss_key) for r in train_rows],
-                 color="tab:blue", label="train " + loss_key)
+        series = [r.get(loss_key) for r in train_rows]
+        lines += ax1.plot([r["NumIters"] for r in train_rows], series, color="tab:blue",
+                          label="train " + loss_key)
+        plotted += series
+    if test_loss:
+        series = [r.get(test_loss) for r in test_rows]
+        lines += ax1.plot([r["NumIters"] for r in test_rows], series, color="tab:orange", marker="o",
+                          label="test " + test_loss)
+        plotted += series
+    if _span_decades(plotted):
+        ax1.set_yscale("log")
     ax1.set_xlabel("iteration")
-    ax1.set_ylabel("train %s" % (loss_key or "loss"))
+    ax1.set_ylabel("loss" + (" (log scale)" if _span_decades(plotted) else ""))
     if test_rows and test_key:
         ax2 = ax1.twinx()
-        ax2.plot([r["NumIters"] for r in test_rows], [r.get(test_key) for r in test_rows],
-                 color="tab:red", marker="o", label="test " + test_key)
+        lines += ax2.plot([r["NumIters"] for r in test_rows], [r.get(test_key) for r in test_rows],
+                          color="tab:red", marker="s", label="test " + test_key)
         ax2.set_ylabel("test %s" % test_key)
+        if test_key == "accuracy" or test_key.endswith("accuracy"):
+            ax2.set_ylim(0, 1)
+    if lines:
+        ax1.legend(lines, [line.get_label() for line in lines], loc="center right")
     if title:
         ax1.set_title(title)
     fig.tight_layout()
-    _save(fig, path, dpi)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_log(log_path, path, **kwargs):

@@ -73,6 +73,12 @@ def check_prefix_writable(prefix):
     where = ("snapshot_prefix %r (files go to directory %r; working directory %r)"
              % (prefix, directory, os.getcwd()))
     if not os.path.isdir(directory):
+        blocker = directory   # the deepest part of the path that exists: a file where a folder must be?
+        while not os.path.lexists(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        if os.path.lexists(blocker) and not os.path.isdir(blocker):
+            raise SolverError("cannot write snapshots: %s: %r is a file, not a directory; change "
+                              "snapshot_prefix (or move the file)" % (where, blocker))
         raise SolverError("cannot write snapshots: %s: the directory does not exist; create it "
                           "or change snapshot_prefix" % where)
     try:

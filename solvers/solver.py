@@ -36,6 +36,7 @@ from solvers import rng, snapshot as snap
 from solvers.backend import to_numpy
 from solvers.log import logger as log
 from solvers.lr_policy import check_policy
+from solvers.working_dir import check_solver_file
 
 ACTIONS = ("none", "snapshot", "stop")
 
@@ -76,6 +77,7 @@ class Solver:
 
     def __init__(self, param_or_path, weights=None):
         param = read_solver_param(param_or_path)
+        check_solver_file(param_or_path, param)   # run from the wrong folder: say so first
         if weights:
             weights = [weights] if isinstance(weights, (str, os.PathLike)) else weights
             param.weights.extend(os.fspath(w) for w in weights)
@@ -94,6 +96,7 @@ class Solver:
         self.loss_iters = []            # ... and the iteration each belongs to
         self._loss_window = []          # Caffe's losses_: the last average_loss losses
         self.mean_scores = []
+        self.tested_at = []
         self.check_param()
         if param.snapshot:
             self.check_snapshot_prefix()
@@ -198,6 +201,7 @@ class Solver:
             self.test_nets.append(net)
             self.test_net_params.append(net_param)
         self.mean_scores = [[] for _ in self.test_nets]
+        self.tested_at = [None for _ in self.test_nets]   # the iteration of each net's last test
 
     def _load_weights(self, net):
         """Fine-tuning: every ``weights`` entry (comma-separated lists too) copied in by layer name."""
@@ -433,6 +437,7 @@ class Solver:
             log.info("Test loss: %g", loss / n_iter)
         means = OrderedDict((name, s / np.float32(n_iter)) for name, s in sums.items())
         self.mean_scores[net_id] = [float(v) for m in means.values() for v in m]
+        self.tested_at[net_id] = self.iter
         self._log_outputs(test_net, "Test", means)
         return OrderedDict((name, float(m[0]) if m.size == 1 else m.reshape(test_net.blobs[name].shape))
                            for name, m in means.items())

@@ -112,7 +112,7 @@ def test_solver_repr(tmp_path):
     assert "iteration: 3 of 10" in text
     assert "learning rate: 0.05 (step)" in text
     assert "last loss: %.6g" % solver.losses[-1] in text
-    assert "test net #0 loss: %.6g" % solver.mean_scores[0][0] in text
+    assert "test net #0 loss: %.6g (iteration 2)" % solver.mean_scores[0][0] in text   # the latest test
     page = solver._repr_html_()
     assert "<td style='text-align:left'>iteration</td><td style='text-align:left'>3 of 10</td>" in page
 
@@ -179,3 +179,24 @@ def test_plot_log_of_caffes_log(tmp_path):
     assert png_size(out) == (200, 160)
     assert (tmp_path / "log.png").stat().st_size > 1000
     assert not list(tmp_path.glob("*.tmp*"))   # the atomic save leaves nothing behind
+
+
+def test_training_curves_losses_share_an_axis_accuracy_has_its_own():
+    train = [{"NumIters": i, "loss": 2.3 * 0.5 ** (i / 100)} for i in range(0, 1001, 100)]
+    test = [{"NumIters": i, "accuracy": a, "loss": l} for i, a, l in ((0, 0.1, 2.3), (500, 0.97, 0.08),
+                                                                       (1000, 0.985, 0.05))]
+    fig = plot.training_curves_figure(train, test)
+    try:
+        loss_axis, score_axis = fig.axes
+        assert [line.get_label() for line in loss_axis.get_lines()] == ["train loss", "test loss"]
+        assert [line.get_label() for line in score_axis.get_lines()] == ["test accuracy"]
+        assert loss_axis.get_yscale() == "log"            # 2.3 down to 0.0022: three decades
+        assert score_axis.get_ylim() == (0, 1)
+        legend = [t.get_text() for t in loss_axis.get_legend().get_texts()]
+        assert legend == ["train loss", "test loss", "test accuracy"]
+    finally:
+        fig.clf()
+    flat = [{"NumIters": i, "loss": 1.0 - i / 2000} for i in range(0, 1001, 100)]
+    fig = plot.training_curves_figure(flat, [])
+    assert fig.axes[0].get_yscale() == "linear" and len(fig.axes) == 1   # within a decade, no test
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train loss"]

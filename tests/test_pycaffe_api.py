@@ -619,9 +619,9 @@ def test_draw_net_tool(tmp_path, capsys, monkeypatch):
     assert "conv1 (Convolution)" in (tmp_path / "lenet.dot").read_text()
     monkeypatch.setitem(sys.modules, "pydot", None)
     monkeypatch.setattr(caffe.draw.shutil, "which", lambda name: None)
-    assert draw_net.main([str(golden), str(tmp_path / "lenet.svg")]) == 0
-    out = capsys.readouterr().out
-    assert "wrote the DOT file %s" % (tmp_path / "lenet.dot") in out
+    assert draw_net.main([str(golden), str(tmp_path / "lenet.svg")]) == 1   # no SVG: a failure
+    err = capsys.readouterr().err
+    assert "the DOT file %s was written instead" % (tmp_path / "lenet.dot") in err
     assert draw_net.main([str(tmp_path / "missing.prototxt"), str(tmp_path / "x.png")]) == 1
     assert "no such file" in capsys.readouterr().err
 

@@ -141,9 +141,12 @@ def test_lenet_example_writes_three_files(lenet_out):
 
 
 def test_lenet_accuracy_is_in_the_test_net_only(lenet_out):
-    from solvers.net import Net
-    train = Net(str(lenet_out / "lenet_auto_train.prototxt"), caffe_pb2.TRAIN)
-    assert "accuracy" not in train.blobs and train.outputs == ["loss"]
+    from solvers.net_state import filter_net
+    for phase, names in ((caffe_pb2.TRAIN, ["loss"]), (caffe_pb2.TEST, ["accuracy", "loss"])):
+        net = parse(lenet_out / "lenet_auto_train.prototxt", caffe_pb2.NetParameter)
+        net.state.phase = phase
+        kept = filter_net(net).layer
+        assert [lay.name for lay in kept if lay.type in ("Accuracy", "SoftmaxWithLoss")] == names
 
 
 def test_lenet_example_solver_is_the_seeds(lenet_out):

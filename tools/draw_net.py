@@ -7,7 +7,7 @@
 The output format follows OUTPUT_FILE's extension (png, svg, pdf, ...;
 .dot writes the Graphviz source). Images need Graphviz (through pydot, or
 the ``dot`` program); without it the DOT text is written next to OUTPUT_FILE
-(``net.png`` -> ``net.dot``) and the program says so.
+(``net.png`` -> ``net.dot``), the program says so and exits with status 1.
 """
 import argparse
 import sys
@@ -47,9 +47,10 @@ def main(argv=None):
         return 1
     for w in caught:
         print("draw_net: %s" % w.message, file=sys.stderr)
-    if written != args.output_image_file:
-        print("Graphviz is not available: wrote the DOT file %s instead of %s"
-              % (written, args.output_image_file))
+    if written != args.output_image_file:   # the format asked for could not be made: a failure
+        print("draw_net: error: Graphviz is not available, so %s was not written; the DOT file %s "
+              "was written instead" % (args.output_image_file, written), file=sys.stderr)
+        return 1
     return 0
 
 

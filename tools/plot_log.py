@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plot train loss and test score against iterations from a Caffe-format log.
+"""Plot train and test loss (one axis) and test accuracy (its own axis) from a Caffe-format log.
 
     python tools/plot_log.py LOGFILE OUT.png [--loss loss] [--test accuracy]
 """
@@ -18,7 +18,8 @@ def main(argv=None):
     ap.add_argument("logfile_path")
     ap.add_argument("output_png")
     ap.add_argument("--loss", default=None, help="train output to plot (default: loss)")
-    ap.add_argument("--test", default=None, help="test output to plot (default: accuracy, else the first)")
+    ap.add_argument("--test", default=None, help="test score for the right-hand axis (default: accuracy, else the first output "
+                    "that is not a loss)")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.logfile_path):
         print("plot_log: no such log file: %s" % args.logfile_path, file=sys.stderr)

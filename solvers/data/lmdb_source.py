@@ -229,8 +229,8 @@ class LMDBWriter:
         name = os.path.basename(self.path)
         remove_stale_temporaries(parent, lambda target: target == name)
         if os.path.lexists(self.path) and not overwrite:
-            raise DataError("%s already exists; refusing to overwrite it (pass --overwrite / "
-                            "overwrite=True, or choose another output path)" % path)
+            raise DataError("%s already exists; refusing to overwrite it (--overwrite replaces it, "
+                            "or choose another output path)" % path)
         self.overwrite = overwrite
         self.batch_size = int(batch_size)
         self.tmp = tempfile.mkdtemp(prefix=temp_prefix(name), dir=parent)
