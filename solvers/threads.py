@@ -16,6 +16,7 @@ thread, and LeNet's fc1 forward went from ~1 ms to ~30 ms so. The policy:
 The limit is applied through threadpoolctl to every BLAS loaded in the
 process, when a Net is built (``apply_default``) or when asked.
 """
+import logging
 import math
 import os
 
@@ -76,7 +77,7 @@ def set_num_threads(n, where="set_num_threads"):
 def apply_default():
     """Apply the default policy once, unless set_num_threads already chose; returns the count
     in force (None where the BLAS is left as the environment configured it)."""
-    if _state["explicit"] or _state["limiter"] is not None:
+    if _state["explicit"] or _state["limiter"] is not None:   # (False: tried, threadpoolctl missing)
         return _state["threads"]
     n = default_threads()
     if n is not None:
@@ -90,6 +91,16 @@ def num_threads():
 
 
 def _limit(n):
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # an install that predates the dependency: run, but say why BLAS is not limited
+        if not _state.get("warned"):
+            _state["warned"] = True
+            logging.getLogger("caffe").warning(
+                "threadpoolctl is not installed (pip install threadpoolctl), so BLAS threads are not "
+                "limited to %d; set OPENBLAS_NUM_THREADS=%d to do it by hand", n, n)
+        _state["threads"] = n
+        _state["limiter"] = False
+        return
     _state["limiter"] = threadpool_limits(limits=n, user_api="blas")
     _state["threads"] = n

@@ -3,7 +3,7 @@ import os
 
 import numpy  # noqa: F401  (loads the BLAS that threadpoolctl then sees)
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from netspec.errors import CaffeError
 from solvers import cli, threads
@@ -25,7 +25,6 @@ def policy(monkeypatch):
     yield monkeypatch
     threads._state.update(saved)
     if before:
-        from threadpoolctl import threadpool_limits
         threadpool_limits(limits=before[0][1], user_api="blas")
 
 
@@ -79,3 +78,19 @@ def test_cli_threads_flag(policy, tmp_path, capsys):
     rc = cli.main(["time", "--model", str(tmp_path / "net.prototxt"), "--threads", "many"])
     err = capsys.readouterr().err
     assert rc == 1 and "--threads" in err and ">= 1" in err
+
+
+def test_without_threadpoolctl_the_policy_warns_and_runs(policy, caplog):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("no module named threadpoolctl")
+        return real_import(name, *args, **kwargs)
+    policy.setattr(builtins, "__import__", no_threadpoolctl)
+    policy.setenv(threads.ENV, "1")
+    with caplog.at_level("WARNING", logger="caffe"):
+        assert threads.apply_default() == 1
+    assert "threadpoolctl is not installed" in caplog.text
+    assert threads.apply_default() == 1    # tried once; no second warning needed
