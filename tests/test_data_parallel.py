@@ -203,6 +203,43 @@ def test_train_records_are_shared_rank_strided(tmp_path):
     np.testing.assert_array_equal(batch("TEST", 1, 3), images[:5])
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_hdf5_rows_are_shared_rank_strided_across_files(tmp_path, shuffle):
+    """HDF5Data as Caffe 1.0 shares it: rank r takes the rows at overall positions r, r+N, ...
+    of the sequence one process reads (files in turn, shuffled alike on every rank)."""
+    h5py = pytest.importorskip("h5py")
+    from solvers import data_parallel, rng
+    from solvers.net import Net
+    names = []
+    for i, rows in enumerate((4, 3)):
+        name = str(tmp_path / ("part%d.h5" % i))
+        with h5py.File(name, "w") as f:
+            f["data"] = np.arange(10 * i, 10 * i + rows, dtype=np.float32).reshape(rows, 1)
+        names.append(name)
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "n.prototxt").write_text(
+        'name: "n" layer { name: "h5" type: "HDF5Data" top: "data" hdf5_data_param { source: "%s" '
+        'batch_size: 3 shuffle: %s } }' % (tmp_path / "list.txt", "true" if shuffle else "false"))
+
+    def values(rank, count, batches):
+        data_parallel.set_solver_count(count)
+        data_parallel.set_solver_rank(rank)
+        rng.set_random_seed(11)
+        try:
+            net = Net(str(tmp_path / "n.prototxt"), phase="TRAIN")
+            out = []
+            for _ in range(batches):
+                net.forward()
+                out += net.blobs["data"].data.ravel().tolist()
+            return out
+        finally:
+            data_parallel.set_multiprocess(False)
+
+    sequence = values(0, 1, 12)           # 36 rows: five passes over the 7, wrapping
+    for rank in range(3):
+        assert values(rank, 3, 4) == sequence[rank::3][:12]
+
+
 def records_in_key_order(path):
     from solvers.data.datum import parse_datum
     from solvers.data.lmdb_source import LMDBReader

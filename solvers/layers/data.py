@@ -319,6 +319,12 @@ class HDF5DataLayer(_BaseData):
         self.current_file = 0
         self._load(self.file_order[0])
         self.row = 0
+        # several processes: rank r of N takes the rows whose overall position is r mod N
+        # (Caffe's HDF5DataLayer::Skip); ``offset`` counts the rows passed, taken or not
+        from netspec import caffe_pb2
+        from solvers.data_parallel import record_share
+        self.share = record_share() if self.phase == caffe_pb2.TRAIN else (0, 1)
+        self.offset = 0
 
     def _load(self, index):
         _h5py(self)
@@ -370,6 +376,8 @@ class HDF5DataLayer(_BaseData):
         self.row = 0
 
     def forward(self, bottom, top):
+        if self.share[1] > 1:
+            return self._forward_share(top)
         chunks = [[] for _ in top]
         filled = 0
         while filled < self.batch_size:
@@ -384,10 +392,32 @@ class HDF5DataLayer(_BaseData):
         for blob, chunk in zip(top, chunks):
             _copy_into(blob, np.concatenate(chunk))
 
+    def _forward_share(self, top):
+        """One batch of this rank's rows: those at overall positions rank, rank + N, ..."""
+        rank, count = self.share
+        chunks = [[] for _ in top]
+        for _ in range(self.batch_size):
+            while self.offset % count != rank:
+                self._pass_row()
+            for chunk, a in zip(chunks, self.arrays):
+                chunk.append(a[self.perm[self.row]])
+            self._pass_row()
+        for blob, chunk in zip(top, chunks):
+            _copy_into(blob, np.stack(chunk))
+
+    def _pass_row(self):
+        self.row += 1
+        self.offset += 1
+        if self.row == len(self.perm):
+            self._advance()
+
     def get_state(self):
         from solvers.data.sources import rng_state
-        return {"file": self.current_file, "row": self.row, "file_order": self.file_order.tolist(),
-                "perm": self.perm.tolist() if self.shuffle else None, "rng": rng_state(self.rng)}
+        state = {"file": self.current_file, "row": self.row, "file_order": self.file_order.tolist(),
+                 "perm": self.perm.tolist() if self.shuffle else None, "rng": rng_state(self.rng)}
+        if self.share[1] > 1:
+            state["offset"] = self.offset
+        return state
 
     def set_state(self, state):
         from solvers.data.sources import set_rng_state
@@ -413,6 +443,10 @@ class HDF5DataLayer(_BaseData):
             raise DataError("%s: the saved row %d is outside the %d rows of file %d"
                             % (self.where(), row, rows, self.loaded))
         self.row = row
+        offset = state.get("offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise DataError("%s: the saved row offset %r is not a count of rows" % (self.where(), offset))
+        self.offset = offset
         set_rng_state(self.rng, state.get("rng"))
 
 
