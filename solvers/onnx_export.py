@@ -51,7 +51,7 @@ class OnnxExportError(CaffeError):
     """A net or layer cannot be written as an exact ONNX model."""
 
 
-def _require_onnx():
+def require_onnx():
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -842,7 +842,7 @@ def net_to_onnx(net, opset=DEFAULT_OPSET, dynamic_batch=False, extra_outputs=())
     ``extra_outputs``: blob names to expose as graph outputs beside the net's own outputs
     (their final values, as ``net.blobs[name].data`` holds after forward).
     """
-    _require_onnx()
+    require_onnx()
     import onnx
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise OnnxExportError("opset %d not supported: use %d to %d" % (opset, MIN_OPSET,
@@ -904,7 +904,7 @@ def save_model(model, path):
 
 def export(prototxt, weights, out_path, opset=DEFAULT_OPSET, dynamic_batch=False, input_shapes=None):
     """prototxt (+ caffemodel) -> ONNX file. Returns the notes on what the deploy form changed."""
-    _require_onnx()
+    require_onnx()
     net, notes = deploy_net(read_net(prototxt), weights, input_shapes)
     model = net_to_onnx(net, opset, dynamic_batch)
     save_model(model, out_path)
@@ -917,7 +917,7 @@ def to_onnx(net, path, opset=DEFAULT_OPSET, dynamic_batch=False):
     A net with data layers or losses is first turned into its deploy form, its data tops
     keeping the shapes they have in ``net``; returns the notes on what that changed.
     """
-    _require_onnx()
+    require_onnx()
     notes = []
     if any(lp.type in DATA_TYPES or _is_loss(lp) or lp.type in DROPPED_TYPES or lp.phase != caffe_pb2.TEST
            or (lp.type == "Python" and not lp.bottom) for lp in net.net_param.layer):

@@ -47,6 +47,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         from solvers import onnx_export
+        onnx_export.require_onnx()
         net, notes = onnx_export.deploy_net(read_net(args.prototxt), args.weights, dict(args.input_shape))
         for note in notes:
             print("%s: %s" % (args.prototxt, note))
