@@ -771,6 +771,46 @@ class _Importer:
                  batch_norm_param=caffe_pb2.BatchNormParameter(use_global_stats=False,
                                                                eps=float(eps.reshape(-1)[0])))
 
+    def op_LSTM(self, node, a):
+        """ONNX's LSTM (forward, default activations, zero initial state) as Caffe's LSTM layer.
+
+        Caffe's LSTM takes a second bottom, ``cont`` (T, N): the importer adds it as an input
+        named after its output + "_cont"; feed 0 at t = 0 and 1 after (a sequence start), which is what ONNX's
+        LSTM computes. Gates are reordered from ONNX's (i, o, f, c) to Caffe's (i, f, o, g)."""
+        x = self.data_input(node)
+        w, r = self.const(node.input[1]), self.const(node.input[2])
+        b = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        extra = [n for n in node.input[4:] if n]
+        acts = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
+        if w is None or r is None or w.shape[0] != 1 or a.get("direction", b"forward") not in (b"forward", "forward") \
+                or extra or a.get("clip") is not None or a.get("input_forget", 0) or a.get("layout", 0) \
+                or acts not in ([], ["Sigmoid", "Tanh", "Tanh"]):
+            raise self.error(node, "only a forward LSTM with constant weights, default activations, no clip, "
+                             "no sequence_lens, initial state or peepholes maps to Caffe's LSTM")
+        if any(o in self.consumers or o in self.outputs for o in node.output[1:] if o):
+            raise self.error(node, "Y_h/Y_c are read: Caffe's LSTM gives them only with expose_hidden "
+                             "and initial-state bottoms")
+        H = int(a["hidden_size"])
+        order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in (0, 2, 1, 3)])   # i,o,f,c -> i,f,o,g
+        bias = np.zeros(4 * H, np.float32) if b is None else b[0, :4 * H] + b[0, 4 * H:]
+        T, N = self.shape(x)[:2]
+        cont = self.unique(node.output[0] + "_cont")
+        inp = self.net.layer.add(name=cont, type="Input")
+        inp.top.append(cont)
+        inp.input_param.shape.add().dim.extend([T, N])
+        seq = self.unique(node.output[0] + "_seq")
+        p = caffe_pb2.RecurrentParameter(num_output=H)
+        self.add(node, "LSTM", [x, cont], tops=[seq], blobs=[w[0][order], bias[order], r[0][order]],
+                 recurrent_param=p)
+        if node.output[0]:
+            rp = caffe_pb2.ReshapeParameter()
+            rp.shape.dim.extend([0, 1, -1, H])      # ONNX's Y is (T, num_directions, N, H)
+            lp = self.net.layer.add(name=self.unique(node.output[0]), type="Reshape")
+            lp.bottom.append(seq)
+            lp.top.append(node.output[0])
+            lp.reshape_param.CopyFrom(rp)
+            self.blob[node.output[0]] = node.output[0]
+
     def op_ArgMax(self, node, a):
         x = self.data_input(node)
         if not a.get("select_last_index", 0) or not a.get("keepdims", 1):

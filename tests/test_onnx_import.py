@@ -254,3 +254,36 @@ def test_model_with_constant_nodes_and_shape_arithmetic():
         net.blobs["x"].data[...] = x
         net.forward()
         np.testing.assert_allclose(net.blobs["y"].data, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_lstm_operator_from_another_tool():
+    """ONNX's LSTM (gates i, o, f, c; biases Wb + Rb) becomes Caffe's LSTM; with cont 0 then 1 it equals ORT."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnxruntime as ort
+    rng = np.random.RandomState(0)
+    T, N, D, H = 4, 3, 2, 5
+    w = rng.standard_normal((1, 4 * H, D)).astype(np.float32) * 0.5
+    r = rng.standard_normal((1, 4 * H, H)).astype(np.float32) * 0.5
+    b = rng.standard_normal((1, 8 * H)).astype(np.float32) * 0.5
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], hidden_size=H, name="lstm")
+    graph = helper.make_graph([node], "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, N, D])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, N, H])],
+                              [numpy_helper.from_array(a, n) for a, n in ((w, "W"), (r, "R"), (b, "B"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((T, N, D)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    param, weights = onnx_to_caffe(model)
+    net = Net(param, phase="TEST")
+    net.copy_from(weights)
+    assert [lp.type for lp in param.layer] == ["Input", "Input", "LSTM", "Reshape"]
+    net.blobs["x"].data[...] = x
+    cont = np.ones((T, N), np.float32)
+    cont[0] = 0
+    net.blobs["Y_cont"].data[...] = cont
+    net.forward()
+    np.testing.assert_allclose(net.blobs["Y"].data, want, rtol=1e-5, atol=1e-6)
+    bad = helper.make_model(helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], hidden_size=H, clip=1.0, name="clipped")],
+        "rnn", graph.input, graph.output, graph.initializer), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxImportError, match=r"'clipped' \(LSTM\): only a forward LSTM"):
+        onnx_to_caffe(bad)
