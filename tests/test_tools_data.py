@@ -191,7 +191,7 @@ def test_from_dir_accepts_gz_and_raw_copies(tmp_path):
     (raw / LABELS).write_bytes(bytes(data))
     with pytest.raises(DataError, match="MD5"):
         get_dataset(tmp_path / "c", from_dir=raw, splits=("test",), log=quiet)
-    # the training files are not in ../shared/data/mnist: say so
+    # the training files are not in the shipped test-set folder: say so
     with pytest.raises(DataError, match="(?s)train-images-idx3-ubyte.*not in.*--split test"):
         get_dataset(tmp_path / "d", from_dir=MNIST, log=quiet, test_only="--split test")
 

@@ -137,8 +137,8 @@ def existing_decision(args, manifest, present, train_db):
         print("create_mnist: the LMDBs in %s hold %s; rebuilding them from %s"
               % (os.path.dirname(train_db), describe(manifest), describe(want)))
     else:
-        print("create_mnist: the LMDBs in %s are incomplete (an interrupted build); rebuilding them"
-              % os.path.dirname(train_db))
+        print("create_mnist: the LMDBs in %s are incomplete (an interrupted build, or one of them is "
+              "missing); rebuilding them" % os.path.dirname(train_db))
     return "build"
 
 

@@ -9,7 +9,7 @@ final name is always a good one.
 Checksums: the published MD5 of each ``.gz`` file, plus the MD5 of the
 uncompressed contents where we know it (so gunzipped copies and re-compressed
 ones, such as Debian's ``dataset-fashion-mnist`` package, are accepted). The
-uncompressed MD5s were computed from the MNIST test files in ../shared/data/mnist
+uncompressed MD5s were computed from the MNIST test files (examples/mnist/mnist_test_set)
 and from Debian's Fashion-MNIST package. For a raw (gunzipped) MNIST training
 file no uncompressed MD5 is known: it is accepted after its IDX header and
 size check out, and we say so.
