@@ -124,7 +124,7 @@ def test_notebook_has_the_scripts_cells():
         if kind == "code":
             compile(text, "walkthrough.ipynb", "exec")
     code = "\n".join(text for kind, text in cells if kind == "code")
-    assert "import solvers.caffe as caffe" in code and "caffe.SGDSolver(" in code
+    assert "\nimport caffe\n" in code and "caffe.SGDSolver(" in code
     assert all(c["outputs"] == [] for c in nb["cells"] if c["cell_type"] == "code")
 
 

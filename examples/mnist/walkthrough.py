@@ -71,8 +71,8 @@ if __name__ == "__main__" and "--write-notebook" in sys.argv[1:]:
 #
 # Define LeNet with NetSpec, load it into a solver, look inside the nets
 # (blobs, parameters, gradients) and train it with a loop written in Python,
-# as Caffe's `01-learning-lenet` notebook does. Only the import line differs
-# from the pycaffe original: `import solvers.caffe as caffe`.
+# as Caffe's `01-learning-lenet` notebook does, with pycaffe's own
+# `import caffe` (this toolkit's drop-in package).
 
 # %%
 import argparse
@@ -130,7 +130,7 @@ def show(path):
 # `create_mnist.py`.
 
 # %%
-import solvers.caffe as caffe
+import caffe
 from solvers import plot
 from netspec import write_prototxt
 
