@@ -13,6 +13,26 @@ from solvers.caffe import io as caffe_io
 from solvers.caffe.pycaffe import Net
 
 
+def set_up_transformer(net, kind, what, mean, input_scale, raw_scale, channel_swap):
+    """Give ``net`` pycaffe's ``transformer`` for its first input (HxWxK images in, KxHxW out)
+    with the preprocessing options Classifier and Detector share; returns that input's name."""
+    if not net.inputs:
+        raise NetError("%s: net %r has no input blobs (an Input layer feeds the %s)"
+                       % (kind, net.name, what))
+    in_ = net.inputs[0]
+    net.transformer = caffe_io.Transformer({in_: net.blobs[in_].data.shape})
+    net.transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        net.transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        net.transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        net.transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        net.transformer.set_channel_swap(in_, channel_swap)
+    return in_
+
+
 class Classifier(Net):
     """``Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
     raw_scale=None, channel_swap=None)``; ``predict(inputs, oversample=True)``."""
@@ -20,20 +40,8 @@ class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None):
         Net.__init__(self, model_file, caffe_pb2.TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise NetError("Classifier: net %r has no input blobs (an Input layer feeds the images)"
-                           % self.name)
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        in_ = set_up_transformer(self, "Classifier", "images", mean, input_scale, raw_scale,
+                                 channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         self.image_dims = np.array(image_dims if image_dims is not None else self.crop_dims)
 

@@ -12,8 +12,9 @@ import os
 import numpy as np
 
 from netspec import caffe_pb2
-from netspec.errors import CaffeError, DataError, NetError
+from netspec.errors import CaffeError, DataError
 from solvers.caffe import io as caffe_io
+from solvers.caffe.classifier import set_up_transformer
 from solvers.caffe.pycaffe import Net
 
 
@@ -24,20 +25,7 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
                  channel_swap=None, context_pad=None):
         Net.__init__(self, model_file, caffe_pb2.TEST, weights=pretrained_file)
-        if not self.inputs:
-            raise NetError("Detector: net %r has no input blobs (an Input layer feeds the windows)"
-                           % self.name)
-        in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        set_up_transformer(self, "Detector", "windows", mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
