@@ -387,7 +387,9 @@ def guess_binary_type(data):
     return names
 
 
-def _read_varint(data, pos):
+def read_varint(data, pos):
+    """The protobuf varint at ``data[pos]`` and the position after it; IndexError when it runs
+    past the end, ValueError when it is longer than 10 bytes."""
     value, shift = 0, 0
     while True:
         if pos >= len(data):
@@ -408,18 +410,18 @@ def _scan_top_level(data):
     while pos < len(data):
         start = pos
         try:
-            tag, pos = _read_varint(data, pos)
+            tag, pos = read_varint(data, pos)
             number, wire = tag >> 3, tag & 7
             if number == 0 or wire not in (0, 1, 2, 5):
                 return fields, f"byte {start} holds no valid field tag"
             if wire == 0:
-                _, pos = _read_varint(data, pos)
+                _, pos = read_varint(data, pos)
             elif wire == 1:
                 pos += 8
             elif wire == 5:
                 pos += 4
             else:
-                length, pos = _read_varint(data, pos)
+                length, pos = read_varint(data, pos)
                 pos += length
         except (IndexError, ValueError):
             return fields, f"the field starting at byte {start} is cut off by the end of the file"

@@ -15,6 +15,7 @@ project's words.
 import numpy as np
 
 from netspec import caffe_pb2
+from netspec.io import read_varint
 
 LAYER = 100          # NetParameter.layer
 V1_LAYERS = 2        # NetParameter.layers (needs the upgrade: whole-message path)
@@ -28,18 +29,10 @@ class NotStreamable(Exception):
 
 
 def _varint(buf, pos):
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise NotStreamable("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise NotStreamable("varint too long")
+    try:
+        return read_varint(buf, pos)
+    except (IndexError, ValueError) as e:
+        raise NotStreamable(str(e)) from None
 
 
 def _fields(buf):
