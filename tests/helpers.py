@@ -66,6 +66,23 @@ def make_digits_lmdb(path, n, seed):
     write_mnist_lmdb(images, labels, str(path), progress=_Quiet())
 
 
+def digits_net(source="digits", test_batch=None):
+    """The tiny prototxt the snapshot, signal and kill tests train on make_digits_lmdb's data:
+    Data (TRAIN, batch 4; and TEST, batch ``test_batch``, when given) -> InnerProduct 4 -> loss."""
+    data = ('layer { name: "data" type: "Data" top: "data" top: "label"%s\n'
+            '  transform_param { scale: 0.00390625 } data_param { source: "%s" batch_size: %d'
+            ' backend: LMDB } }\n')
+    if test_batch is None:
+        layers = data % ("", source, 4)
+    else:
+        layers = (data % (" include { phase: TRAIN }", source, 4)
+                  + data % (" include { phase: TEST }", source, test_batch))
+    return ('name: "tiny"\n' + layers
+            + 'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"\n'
+            '  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+
+
 def caffemodel_params(path):
     """{(layer name, blob index): float32 data} of a .caffemodel."""
     from solvers.net import read_weights

@@ -11,15 +11,9 @@ import pytest
 from solvers import cli
 from solvers.snapshot import read_state
 
-from helpers import caffemodel_params, make_digits_lmdb
+from helpers import caffemodel_params, digits_net, make_digits_lmdb
 
-NET = """name: "tiny"
-layer { name: "data" type: "Data" top: "data" top: "label"
-  transform_param { scale: 0.00390625 } data_param { source: "../digits" batch_size: 4 backend: LMDB } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-"""
+NET = digits_net(source="../digits")
 
 SOLVER = """net: "../net.prototxt"
 base_lr: 0.01

@@ -24,18 +24,12 @@ from netspec.atomic import KILL_ENV, TRACE_ENV
 from solvers.snapshot import read_side_file, read_state
 from solvers.solver import Solver
 
-from helpers import SOLVE, _Quiet, caffemodel_params, make_digits_lmdb, records
+from helpers import SOLVE, _Quiet, caffemodel_params, digits_net, make_digits_lmdb, records
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERT = ROOT / "tools" / "convert_mnist.py"
 
-NET = """name: "tiny"
-layer { name: "data" type: "Data" top: "data" top: "label"
-  transform_param { scale: 0.00390625 } data_param { source: "digits" batch_size: 4 backend: LMDB } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-"""
+NET = digits_net()
 
 SOLVER = """net: "net.prototxt"
 base_lr: 0.01

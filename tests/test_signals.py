@@ -11,17 +11,9 @@ import pytest
 
 from solvers.snapshot import read_side_file, read_state
 
-from helpers import make_digits_lmdb, signal_when_logged
+from helpers import digits_net, make_digits_lmdb, signal_when_logged
 
-NET = """name: "tiny"
-layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
-  transform_param { scale: 0.00390625 } data_param { source: "digits" batch_size: 4 backend: LMDB } }
-layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
-  transform_param { scale: 0.00390625 } data_param { source: "digits" batch_size: 5 backend: LMDB } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-"""
+NET = digits_net(test_batch=5)
 
 SOLVER = """net: "net.prototxt"
 base_lr: 0.01

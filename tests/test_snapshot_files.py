@@ -19,15 +19,9 @@ from netspec.errors import CaffeError, NetError, SideFileError, SolverError
 from solvers import snapshot as snap
 from solvers.solver import Solver
 
-from helpers import make_digits_lmdb
+from helpers import digits_net, make_digits_lmdb
 
-NET = """name: "tiny"
-layer { name: "data" type: "Data" top: "data" top: "label"
-  transform_param { scale: 0.00390625 } data_param { source: "digits" batch_size: 4 backend: LMDB } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-"""
+NET = digits_net()
 
 SOLVER = """net: "net.prototxt"
 type: "%s"
