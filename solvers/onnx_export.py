@@ -47,6 +47,17 @@ DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "Dumm
 DROPPED_TYPES = ("Accuracy",)
 
 
+def unique_name(base, taken):
+    """``base``, or ``base_K`` with the first K that ``taken`` lacks; the name is added to ``taken``
+    (ONNX graphs and Caffe nets both need unique names; export and import share this)."""
+    name, k = base, 1
+    while name in taken:
+        name = "%s_%d" % (base, k)
+        k += 1
+    taken.add(name)
+    return name
+
+
 class OnnxExportError(CaffeError):
     """A net or layer cannot be written as an exact ONNX model."""
 
@@ -218,12 +229,7 @@ class _Graph:
         self.names = set()
 
     def fresh(self, hint):
-        name, k = hint, 1
-        while name in self.names:
-            name = "%s_%d" % (hint, k)
-            k += 1
-        self.names.add(name)
-        return name
+        return unique_name(hint, self.names)
 
     def const(self, hint, value, dtype=np.float32):
         from onnx import numpy_helper

@@ -17,6 +17,7 @@ import numpy as np
 from netspec import caffe_pb2
 from netspec.errors import CaffeError
 from netspec.io import array_to_blobproto, write_binary, write_text
+from solvers.onnx_export import unique_name
 
 
 class OnnxImportError(CaffeError):
@@ -94,12 +95,7 @@ class _Importer:
         return self.unique(node.name or node.output[0])
 
     def unique(self, base):
-        name, k = base, 1
-        while name in self.names:
-            name = "%s_%d" % (base, k)
-            k += 1
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     def add(self, node, type_, bottoms, tops=None, blobs=(), **params):
         """A Caffe layer for ``node``; tops default to the node's outputs (blob names = tensor names)."""
