@@ -126,3 +126,26 @@ def signal_when_logged(args, cwd, log_name, pattern, signum, timeout=120, env=No
                 proc.kill()
                 proc.wait()
     return rc, log_path.read_text(), err_path.read_text()
+
+
+def simple_net_file(path, num_output=13, ip_top="ip"):
+    """BVLC's python/caffe/test/test_net.py net, written to ``path``: DummyData -> Convolution ->
+    InnerProduct (top ``ip_top``) -> SoftmaxWithLoss; returns the path as a string."""
+    path.write_text("""name: 'testnet' force_backward: true
+    layer { type: 'DummyData' name: 'data' top: 'data' top: 'label'
+      dummy_data_param { num: 5 channels: 2 height: 3 width: 4
+        num: 5 channels: 1 height: 1 width: 1
+        data_filler { type: 'gaussian' std: 1 }
+        data_filler { type: 'constant' } } }
+    layer { type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
+      convolution_param { num_output: 11 kernel_size: 2 pad: 3
+        weight_filler { type: 'gaussian' std: 1 }
+        bias_filler { type: 'constant' value: 2 } }
+        param { decay_mult: 1 } param { decay_mult: 0 } }
+    layer { type: 'InnerProduct' name: 'ip' bottom: 'conv' top: '%s'
+      inner_product_param { num_output: %d
+        weight_filler { type: 'gaussian' std: 2.5 }
+        bias_filler { type: 'constant' value: -3 } } }
+    layer { type: 'SoftmaxWithLoss' name: 'loss' bottom: '%s' bottom: 'label' top: 'loss' }"""
+                    % (ip_top, num_output, ip_top))
+    return str(path)

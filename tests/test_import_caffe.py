@@ -14,6 +14,8 @@ import caffe
 from caffe import layers as L, params as P
 from caffe.proto import caffe_pb2
 
+from helpers import simple_net_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The names BVLC master's python/caffe/__init__.py imports into ``caffe``.
@@ -239,26 +241,6 @@ def test_log_writes_a_caffe_info_line(caplog):
 
 # -- Net and Solver (BVLC's test_net.py, test_solver.py) ---------------------------------------
 
-def simple_net_file(path, num_output=13):
-    """BVLC's test_net.py net: DummyData -> Convolution -> InnerProduct -> SoftmaxWithLoss."""
-    path.write_text("""name: 'testnet' force_backward: true
-    layer { type: 'DummyData' name: 'data' top: 'data' top: 'label'
-      dummy_data_param { num: 5 channels: 2 height: 3 width: 4
-        num: 5 channels: 1 height: 1 width: 1
-        data_filler { type: 'gaussian' std: 1 }
-        data_filler { type: 'constant' } } }
-    layer { type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
-      convolution_param { num_output: 11 kernel_size: 2 pad: 3
-        weight_filler { type: 'gaussian' std: 1 }
-        bias_filler { type: 'constant' value: 2 } }
-        param { decay_mult: 1 } param { decay_mult: 0 } }
-    layer { type: 'InnerProduct' name: 'ip' bottom: 'conv' top: 'ip'
-      inner_product_param { num_output: %d
-        weight_filler { type: 'gaussian' std: 2.5 }
-        bias_filler { type: 'constant' value: -3 } } }
-    layer { type: 'SoftmaxWithLoss' name: 'loss' bottom: 'ip' bottom: 'label' top: 'loss' }"""
-                    % num_output)
-    return str(path)
 
 
 def test_save_hdf5_and_load_hdf5_round_trip(tmp_path):

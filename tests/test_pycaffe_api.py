@@ -21,29 +21,11 @@ from solvers.caffe import layers as L, params as P
 from solvers.caffe.proto import caffe_pb2
 from netspec.errors import CaffeError, DataError, NetError, ProtoError
 
+from helpers import simple_net_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simple_net_file(path, num_output):
-    """pycaffe's test net: DummyData -> Convolution -> InnerProduct -> SoftmaxWithLoss."""
-    path.write_text("""name: 'testnet' force_backward: true
-    layer { type: 'DummyData' name: 'data' top: 'data' top: 'label'
-      dummy_data_param { num: 5 channels: 2 height: 3 width: 4
-        num: 5 channels: 1 height: 1 width: 1
-        data_filler { type: 'gaussian' std: 1 }
-        data_filler { type: 'constant' } } }
-    layer { type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
-      convolution_param { num_output: 11 kernel_size: 2 pad: 3
-        weight_filler { type: 'gaussian' std: 1 }
-        bias_filler { type: 'constant' value: 2 } }
-        param { decay_mult: 1 } param { decay_mult: 0 } }
-    layer { type: 'InnerProduct' name: 'ip' bottom: 'conv' top: 'ip_blob'
-      inner_product_param { num_output: %d
-        weight_filler { type: 'gaussian' std: 2.5 }
-        bias_filler { type: 'constant' value: -3 } } }
-    layer { type: 'SoftmaxWithLoss' name: 'loss' bottom: 'ip_blob' bottom: 'label'
-      top: 'loss' }""" % num_output)
-    return str(path)
 
 
 def input_net_file(path, batch=2, extra=""):
@@ -64,7 +46,7 @@ def input_net_file(path, batch=2, extra=""):
 @pytest.fixture
 def net(tmp_path):
     caffe.set_random_seed(1701)
-    return caffe.Net(simple_net_file(tmp_path / "net.prototxt", 13), caffe.TRAIN)
+    return caffe.Net(simple_net_file(tmp_path / "net.prototxt", 13, ip_top="ip_blob"), caffe.TRAIN)
 
 
 # -- Net -----------------------------------------------------------------------------
@@ -263,7 +245,7 @@ SOLVER_TYPES = {"SGD": "SGDSolver", "Nesterov": "NesterovSolver", "AdaGrad": "Ad
 
 
 def solver_file(tmp_path, solver_type="SGD", max_iter=10, extra=""):
-    net_f = simple_net_file(tmp_path / "net.prototxt", 13)
+    net_f = simple_net_file(tmp_path / "net.prototxt", 13, ip_top="ip_blob")
     extras = {"SGD": "momentum: 0.9", "Nesterov": "momentum: 0.9", "AdaGrad": "", "RMSProp": "rms_decay: 0.98",
               "AdaDelta": "momentum: 0.95 delta: 1e-6", "Adam": "momentum: 0.9 momentum2: 0.999"}
     path = tmp_path / ("%s_solver.prototxt" % solver_type)
@@ -364,7 +346,7 @@ def test_modes_and_device():
 
 
 def test_random_seed(tmp_path):
-    path = simple_net_file(tmp_path / "net.prototxt", 7)
+    path = simple_net_file(tmp_path / "net.prototxt", 7, ip_top="ip_blob")
     caffe.set_random_seed(42)
     a = caffe.Net(path, caffe.TRAIN).params["conv"][0].data.copy()
     caffe.set_random_seed(42)
