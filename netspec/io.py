@@ -9,6 +9,7 @@ what was expected, what the file seems to hold) and every write is atomic
 """
 
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -91,6 +92,16 @@ def _read_bytes(path, what):
 
 def _type_name(message_class):
     return message_class.DESCRIPTOR.full_name
+
+
+def file_digest(path, algorithm):
+    """Hex digest (``algorithm`` as hashlib names it: "md5", "sha256") of a file, read in 1 MB
+    chunks so that big snapshots and downloads are never held whole."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path, data):

@@ -27,7 +27,6 @@ Readers check what they read: a truncated, empty or foreign file, in either
 format, is a SolverError (NetError for weights) naming it, never an
 exception from deep inside protobuf or h5py.
 """
-import hashlib
 import os
 import tempfile
 
@@ -36,7 +35,8 @@ import numpy as np
 from netspec import caffe_pb2
 from netspec.atomic import AtomicFile, remove_stale_temporaries as _remove_stale, temp_prefix
 from netspec.errors import CaffeError, NetError, SolverError
-from netspec.io import array_to_blobproto, atomic_write_bytes, blobproto_to_array, read_binary
+from netspec.io import (array_to_blobproto, atomic_write_bytes, blobproto_to_array, file_digest,
+                        read_binary)
 from solvers import hdf5, side_file
 from solvers.backend import to_numpy
 
@@ -252,18 +252,10 @@ def write_state(path, iteration, learned_net, history, current_step, snapshot_fo
         with AtomicFile(path) as f:
             _fill_state(f.tmp, iteration, learned_net, history, current_step, snapshot_format)
             if side is not None:
-                side_file.write(path, dict(side, state_sha256=file_sha256(f.tmp)))
+                side_file.write(path, dict(side, state_sha256=file_digest(f.tmp, "sha256")))
             f.commit()
     except OSError as e:
         raise SolverError("cannot write %r: %s" % (path, e.strerror or e)) from None
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state(path):

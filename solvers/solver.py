@@ -30,7 +30,7 @@ from google.protobuf import text_format
 
 from netspec import caffe_pb2
 from netspec.errors import CaffeError, SideFileError, SolverError
-from netspec.io import read_net, read_solver
+from netspec.io import file_digest, read_net, read_solver
 from netspec.upgrade import upgrade_solver
 from solvers import rng, snapshot as snap
 from solvers.backend import to_numpy
@@ -499,7 +499,7 @@ class Solver:
         if side is None:
             return
         digest = side.get("state_sha256")
-        if side["iter"] != self.iter or (digest is not None and digest != snap.file_sha256(state_file)):
+        if side["iter"] != self.iter or (digest is not None and digest != file_digest(state_file, "sha256")):
             log.warning("Ignoring side file %s: it belongs to another solver state (iteration %d; "
                         "left by a run stopped while snapshotting, or by another run); %s",
                         path, side["iter"], _RESUME_AS_CAFFE)

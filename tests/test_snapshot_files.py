@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from netspec.errors import CaffeError, NetError, SideFileError, SolverError
+from netspec.io import file_digest
 from solvers import snapshot as snap
 from solvers.solver import Solver
 
@@ -71,7 +72,7 @@ def test_model_then_side_file_then_state_each_renamed_once(workdir, capfd, monke
     assert [os.path.basename(p) for p in renamed] == [
         "tiny_iter_0.caffemodel", "tiny_iter_0.solverstate.json", "tiny_iter_0.solverstate"]
     side = snap.read_side_file("tiny_iter_0.solverstate")
-    assert side["state_sha256"] == snap.file_sha256("tiny_iter_0.solverstate")
+    assert side["state_sha256"] == file_digest("tiny_iter_0.solverstate", "sha256")
 
 
 def test_resume_without_side_file_warns_that_data_starts_again(trained, caplog):

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 
 from netspec.errors import DataError
+from netspec.io import file_digest
 from solvers.data.idx import read_bytes, parse_idx
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -79,11 +80,7 @@ OFFLINE_HELP = {  # flags both get_mnist.py and create_mnist.py have; the caller
 
 
 def md5_of(path):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _is_gzip(path):
