@@ -24,6 +24,16 @@ from solvers.scratch import scratch as _scratch
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
+def _fold(reduce, views, out):
+    """``out`` = reduce(views[0], views[1], ...) pairwise, written in place (one view: a copy)."""
+    if len(views) == 1:
+        out[...] = views[0]
+        return
+    reduce(views[0], views[1], out=out)
+    for v in views[2:]:
+        reduce(out, v, out=out)
+
+
 def _shape_str(shape):
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -836,20 +846,8 @@ class PoolingLayer(Layer):
         """
         (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
         rows = _scratch(src, 0, src.shape[:3] + (ow,))
-        cols = [src[:, :, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)]
-        if kw == 1:
-            rows[...] = cols[0]
-        else:
-            reduce(cols[0], cols[1], out=rows)
-        for v in cols[2:]:
-            reduce(rows, v, out=rows)
-        views = [rows[:, :, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)]
-        if kh == 1:
-            y[...] = views[0]
-        else:
-            reduce(views[0], views[1], out=y)
-        for v in views[2:]:
-            reduce(y, v, out=y)
+        _fold(reduce, [src[:, :, :, j:j + sw * (ow - 1) + 1:sw] for j in range(kw)], rows)
+        _fold(reduce, [rows[:, :, i:i + sh * (oh - 1) + 1:sh] for i in range(kh)], y)
 
     def _first_winner(self, xp, src, y):
         """Each window's offset k (row-major) of its first element equal to its max ``y``.
