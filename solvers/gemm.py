@@ -16,6 +16,9 @@ import numpy as np
 from solvers.backend import get_array_module
 
 BLOCK_BYTES = 4 << 20   # one block of product rows; stays in the last-level cache
+SKINNY = 128            # a product with at most this many rows is skinny
+BIG_ROWS = 512          # rows of a skinny product's weights per BLAS call
+SKINNY_MIN_BIG = 1 << 18   # weight elements; below this the plain product is as fast
 _pool = threading.local()
 
 
@@ -87,3 +90,31 @@ def add_matmul_sum(a, b, out, last_column=None):
         out += summed[..., :width]
         if last_column is not None:
             last_column += summed[..., -1].reshape(last_column.shape)
+
+
+def matmul_into(a, b, out):
+    """``out = a @ b`` for 2-D ``a`` (M, K), ``b`` (K, R), views of any strides.
+
+    Caffe's InnerProduct at a small batch is a skinny product: few rows (the
+    batch) times the weights. OpenBLAS is up to 1.7x faster on it when the
+    weights are the row-major left operand, fed 512 rows at a time (measured
+    on this project's 2-core machine: ``x @ W.T`` for fc6 at batch 10,
+    37 -> 22 ms on one thread); so when ``out`` has few rows and ``b`` is a
+    transposed view of row-major weights, ``out.T = b.T @ a.T`` is formed so
+    into a small scratch and copied back. Blocking rows of the product leaves
+    each dot product's terms as they were. One row (gemv), small weights, or
+    weights already row-major in ``b`` (``dx = dy @ W``) take one plain
+    ``matmul``, as fast there.
+    """
+    xp = get_array_module(a, b, out)
+    m, r = out.shape
+    weights = b.T
+    if (xp is not np or not 1 < m <= SKINNY or m >= r or weights.size < SKINNY_MIN_BIG
+            or weights.strides[1] != weights.itemsize):
+        xp.matmul(a, b, out=out)
+        return
+    x = np.ascontiguousarray(a.T)
+    work = _block((r, m), out.dtype)
+    for lo in range(0, r, BIG_ROWS):
+        np.matmul(weights[lo:lo + BIG_ROWS], x, out=work[lo:lo + BIG_ROWS])
+    out[...] = work.T

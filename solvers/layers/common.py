@@ -9,7 +9,7 @@ import numpy as np
 
 from solvers.blob import Blob
 from solvers.fillers import fill
-from solvers.gemm import add_matmul
+from solvers.gemm import add_matmul, matmul_into
 from solvers.layer import Layer, register_layer
 from solvers.scratch import scratch
 
@@ -108,11 +108,10 @@ class InnerProductLayer(Layer):
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
     def forward(self, bottom, top):
-        xp = self.xp_of(bottom[0])
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0].data
         y = top[0].data.reshape(self.M, self.num_output)
-        xp.matmul(x, w if self.transpose else w.T, out=y)
+        matmul_into(x, w if self.transpose else w.T, y)
         if self.bias_term:
             y += self.blobs[1].data
 
@@ -126,8 +125,7 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            xp = self.xp_of(bottom[0])
-            xp.matmul(dy, w.data.T if self.transpose else w.data, out=dx)
+            matmul_into(dy, w.data.T if self.transpose else w.data, dx)
 
 
 @register_layer("Embed")
