@@ -101,20 +101,33 @@ def matmul_into(a, b, out):
     on this project's 2-core machine: ``x @ W.T`` for fc6 at batch 10,
     37 -> 22 ms on one thread); so when ``out`` has few rows and ``b`` is a
     transposed view of row-major weights, ``out.T = b.T @ a.T`` is formed so
-    into a small scratch and copied back. Blocking rows of the product leaves
-    each dot product's terms as they were. One row (gemv), small weights, or
-    weights already row-major in ``b`` (``dx = dy @ W``) take one plain
-    ``matmul``, as fast there.
+    (``weights_matmul``) into a small scratch and copied back. Blocking rows
+    of the product leaves each dot product's terms as they were. One row
+    (gemv), small weights, or weights already row-major in ``b``
+    (``dx = dy @ W``) take one plain ``matmul``, as fast there.
     """
     xp = get_array_module(a, b, out)
     m, r = out.shape
-    weights = b.T
-    if (xp is not np or not 1 < m <= SKINNY or m >= r or weights.size < SKINNY_MIN_BIG
-            or weights.strides[1] != weights.itemsize):
+    if xp is not np or m >= r or not _skinny(b.T, m):
         xp.matmul(a, b, out=out)
         return
-    x = np.ascontiguousarray(a.T)
     work = _block((r, m), out.dtype)
-    for lo in range(0, r, BIG_ROWS):
-        np.matmul(weights[lo:lo + BIG_ROWS], x, out=work[lo:lo + BIG_ROWS])
+    weights_matmul(b.T, np.ascontiguousarray(a.T), work)
     out[...] = work.T
+
+
+def weights_matmul(w, x, out):
+    """``out = w @ x`` for row-major weights ``w`` (M, K) and ``x`` (K, R); when ``x`` has few
+    columns (a convolution over a few pixels, FCN's fc6: 9) and the weights are big, 512
+    rows of the weights at a time (see ``matmul_into``), else one plain product."""
+    xp = get_array_module(w, x, out)
+    if xp is not np or not _skinny(w, x.shape[1]):
+        xp.matmul(w, x, out=out)
+        return
+    for lo in range(0, w.shape[0], BIG_ROWS):
+        np.matmul(w[lo:lo + BIG_ROWS], x, out=out[lo:lo + BIG_ROWS])
+
+
+def _skinny(w, columns):
+    """Whether ``w @ x`` with ``columns`` columns in x goes faster in row blocks of ``w``."""
+    return 1 < columns <= SKINNY and w.size >= SKINNY_MIN_BIG and w.strides[1] == w.itemsize

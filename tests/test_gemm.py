@@ -97,3 +97,24 @@ def test_matmul_into_every_orientation_and_view(monkeypatch, big):
         gemm.matmul_into(a, b, out)
         _assert_product(out, a, b, 1e-5)
         assert np.isnan(full[:, 1::2]).all()                              # nothing else written
+
+
+def test_weights_matmul_blocks_rows_of_big_weights(monkeypatch):
+    """A convolution over few pixels: out = W @ col, W's rows in blocks of BIG_ROWS."""
+    monkeypatch.setattr(gemm, "SKINNY_MIN_BIG", 1)
+    monkeypatch.setattr(gemm, "BIG_ROWS", 3)
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((7, 11)).astype(np.float32)
+    col = rng.standard_normal((11, 4)).astype(np.float32)
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(gemm.np, "matmul", lambda a, b, out: (calls.append(a.shape[0]), real(a, b, out=out)))
+    out = np.full((7, 4), np.nan, np.float32)
+    gemm.weights_matmul(w, col, out)
+    assert calls == [3, 3, 1]
+    want = w.astype(np.float64) @ col
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    calls.clear()
+    gemm.weights_matmul(w, col[:, :1], out[:, :1])       # one column: a plain gemv
+    assert calls == [7]
+    np.testing.assert_allclose(out[:, 0], want[:, 0], rtol=0, atol=1e-6 * np.abs(want).max())

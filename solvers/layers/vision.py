@@ -15,7 +15,7 @@ import numpy as np
 from solvers.backend import get_array_module
 from solvers.blob import Blob
 from solvers.fillers import fill
-from solvers.gemm import BLOCK_BYTES, add_matmul, add_matmul_sum
+from solvers.gemm import BLOCK_BYTES, add_matmul, add_matmul_sum, weights_matmul
 from solvers.im2col import (col2im, col2im_scratch_shape, im2col, im2col_scratch_shape, out_shape, pad_input,
                             strided_view)
 from solvers.layer import Layer, register_layer
@@ -260,13 +260,16 @@ class ConvolutionLayer(_BaseConvolution):
         pixels (no bigger than the columns themselves). ``"batch_last"``
         (C*K, pixels * N) for small maps: im2col then copies runs of a whole
         map times the batch instead of short image rows, and the transpose of
-        the product back to (N, M, pixels) is small. Otherwise
+        the product back to (N, M, pixels) is small -- but not for a grouped
+        (depthwise) layer with a stride, whose cost is the im2col itself, and
+        that im2col is strided runs (MobileNet's conv4_2/dw: 3.3 -> 0.6 ms at
+        batch 2). Otherwise
         ``"batch_first"`` (C*K, N * pixels).
         """
         pixels = 1
         for o in self.out_spatial:
             pixels *= o
-        if pixels <= 256:
+        if pixels <= 256 and (self.group == 1 or max(self.geo.stride) == 1):
             return "batch_last"
         return "per_image" if self.num_output // self.group <= pixels else "batch_first"
 
@@ -447,7 +450,10 @@ class ConvolutionLayer(_BaseConvolution):
         G, m = self.group, self.num_output
         n, npix = y.shape[0], col.shape[1]
         y_mat = _scratch(col, 1, (m, npix))
-        xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
+        if G == 1:   # few pixels (FCN's fc6 is 9) go a block of weight rows at a time
+            weights_matmul(w[0], col, y_mat)
+        else:
+            xp.matmul(w, col.reshape(G, -1, npix), out=y_mat.reshape(G, m // G, npix))
         if layout == "batch_last":  # (M, pixels, N) -> (N, M, pixels)
             y_mat = y_mat.reshape(m, -1, n).transpose(2, 0, 1)
         else:  # (M, N, pixels) -> (N, M, pixels)
