@@ -369,9 +369,10 @@ class ConvolutionLayer(_BaseConvolution):
         layout = self._layout()
         keep = self.need_backward and self._keeps_columns(layout, bottom[0].data.dtype.itemsize)
         step = n if keep or layout != "per_image" else self._images_per_pass(bottom[0].data.dtype.itemsize)
-        if self._use_winograd(xp, bottom[0].data, n * math.prod(self.out_spatial)):
+        f = self._winograd(xp, bottom[0].data, n * math.prod(self.out_spatial))
+        if f:
             for i, (b, t) in enumerate(zip(bottom, top)):
-                self._winograd_forward(b, t)
+                self._winograd_forward(f, b, t)
                 self._kept.discard(i)   # no columns made: a backward makes them
             return
         for i, (b, t) in enumerate(zip(bottom, top)):
@@ -381,65 +382,68 @@ class ConvolutionLayer(_BaseConvolution):
                 col = self._columns(xp, x[lo:lo + step], i, layout, keep)
                 self._forward_columns(xp, col, w, y[lo:lo + step], layout)
 
-    def _use_winograd(self, xp, a, pixels, backward=False):
-        """Whether this pass (forward, or backward's input gradient) goes by Winograd's
-        F(2x2, 3x3) (``solvers.winograd``): a 3x3 kernel, stride 1, no dilation (and pads of
+    def _winograd(self, xp, a, pixels, backward=False):
+        """The Winograd transform (``solvers.winograd``) this pass (forward, or backward) goes by,
+        or None for im2col: F(2x2, 3x3) for a 3x3 kernel, stride 1, no dilation (and pads of
         at most 2 for the input gradient), NumPy floats, and enough channels per group and
         output ``pixels`` for it to pay."""
         g = self.geo
         if not winograd.ENABLED or xp is not np or a.dtype not in (np.float32, np.float64):
-            return False
-        if (g.num_spatial != 2 or g.kernel != (3, 3) or g.stride != (1, 1) or g.dilation != (1, 1)
-                or (backward and max(g.pad) > 2)):
-            return False
+            return None
+        f = winograd.F2x3
+        if (g.num_spatial != 2 or tuple(g.kernel) != (3, 3) or g.stride != (1, 1) or g.dilation != (1, 1)
+                or (backward and max(g.pad) >= f.r)):
+            return None
         if min(g.channels, self.num_output) < winograd.MIN_CHANNELS * self.group:
-            return False
-        return pixels >= (winograd.MIN_PIXELS if self.need_backward else winograd.MIN_PIXELS_KEPT)
+            return None
+        if pixels < (winograd.MIN_PIXELS if self.need_backward else winograd.MIN_PIXELS_KEPT):
+            return None
+        return f
 
-    def _winograd_forward(self, b, t):
+    def _winograd_forward(self, f, b, t):
         g, n = self.geo, self.num
         x = b.data.reshape((n, g.channels) + self.in_spatial)
-        xpad = winograd.pad_into(x, g.pad, _scratch(x, "wino_x", winograd.padded_shape(x.shape, g.pad)))
+        xpad = f.pad_into(x, g.pad, _scratch(x, "wino_x", f.padded_shape(x.shape, g.pad)))
         bias = self.blobs[1].data if len(self.blobs) > 1 else None
-        winograd.conv3x3(xpad, self._winograd_filters(), t.data.reshape((n, self.num_output) + self.out_spatial),
-                         bias, self.group)
+        f.conv(xpad, self._winograd_filters(f), t.data.reshape((n, self.num_output) + self.out_spatial),
+               bias, self.group)
 
-    def _winograd_backward(self, t, b, down):
+    def _winograd_backward(self, f, t, b, down):
         """The bias, filter and (``down``) input gradients, the filters' and the input's by Winograd:
         dW as the adjoint of the forward's tiles, dx as dy correlated with the filters rotated 180
-        degrees (each group's channels swapped), with pad 2 - pad."""
+        degrees (each group's channels swapped), with pad r - 1 - pad."""
         g, n, m = self.geo, self.num, self.num_output
         dy = t.diff.reshape((n, m) + self.out_spatial)
         if len(self.blobs) > 1 and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
         if self.param_propagate_down[0]:
             x = b.data.reshape((n, g.channels) + self.in_spatial)
-            xpad = winograd.pad_into(x, g.pad, _scratch(x, "wino_x", winograd.padded_shape(x.shape, g.pad)))
-            dypad = winograd.pad_output(dy, xpad.shape,
-                                        _scratch(dy, "wino_dy", winograd.output_gradient_shape(m, xpad.shape)))
-            winograd.filter_gradient(xpad, dypad, self.blobs[0].diff, self.group)
+            xpad = f.pad_into(x, g.pad, _scratch(x, "wino_x", f.padded_shape(x.shape, g.pad)))
+            dypad = f.pad_output(dy, _scratch(dy, "wino_dy", f.output_gradient_shape(m, xpad.shape)))
+            f.filter_gradient(xpad, dypad, self.blobs[0].diff, self.group)
         if down:
-            pad = tuple(2 - p for p in g.pad)
-            dypad = winograd.pad_into(dy, pad, _scratch(dy, "wino_x", winograd.padded_shape(dy.shape, pad)))
-            winograd.conv3x3(dypad, self._winograd_filters(flipped=True),
-                             b.diff.reshape((n, g.channels) + self.in_spatial), group=self.group)
+            pad = tuple(f.r - 1 - p for p in g.pad)
+            dypad = f.pad_into(dy, pad, _scratch(dy, "wino_x", f.padded_shape(dy.shape, pad)))
+            f.conv(dypad, self._winograd_filters(f, flipped=True),
+                   b.diff.reshape((n, g.channels) + self.in_spatial), group=self.group)
 
-    def _winograd_filters(self, flipped=False):
+    def _winograd_filters(self, f, flipped=False):
         """The transformed filters (of the input gradient's filters when ``flipped``). In a net
         that runs no backward they are kept, with a copy of the weights they came from, and
         made again only when the weights change; in training they are made every pass."""
         w = self.blobs[0].data
         k, c = w.shape[:2]   # c: input channels per group
+        nn = f.n * f.n
         if flipped:
             shape = (c * self.group, k // self.group)
-            wf = winograd.flipped_transposed(w, _scratch(w, "wino_wf", shape + (3, 3)), self.group)
-            return winograd.transform_filter(wf, _scratch(w, "wino_u", (16,) + shape))
+            wf = f.flipped_transposed(w, _scratch(w, "wino_wf", shape + (f.r, f.r)), self.group)
+            return f.transform_filter(wf, _scratch(w, "wino_u", (nn,) + shape))
         if self.need_backward:
             self._wino_kept = None
-            return winograd.transform_filter(w, _scratch(w, "wino_u", (16, k, c)))
+            return f.transform_filter(w, _scratch(w, "wino_u", (nn, k, c)))
         kept = getattr(self, "_wino_kept", None)
         if kept is None or kept[0].shape != w.shape or kept[0].dtype != w.dtype or not np.array_equal(kept[0], w):
-            kept = self._wino_kept = (w.copy(), winograd.transform_filter(w, np.empty((16, k, c), w.dtype)))
+            kept = self._wino_kept = (w.copy(), f.transform_filter(w, np.empty((nn, k, c), w.dtype)))
         return kept[1]
 
     def _forward_columns(self, xp, col, w, y, layout):
@@ -500,8 +504,9 @@ class ConvolutionLayer(_BaseConvolution):
         for i, (b, t) in enumerate(zip(bottom, top)):
             dy = t.diff.reshape(n, m, -1)
             down = propagate_down[i]
-            if self._use_winograd(xp, dy, n * math.prod(self.out_spatial), backward=True):
-                self._winograd_backward(t, b, down)
+            f = self._winograd(xp, dy, n * math.prod(self.out_spatial), backward=True)
+            if f:
+                self._winograd_backward(f, t, b, down)
                 continue
             if fold:
                 self._per_image_backward(xp, dy, b, i, w, down)
