@@ -23,6 +23,7 @@ Figures are medians of --repeat runs after --warmup; a busy machine inflates
 both ours and PyTorch's, so read the ratio ours / PyTorch.
 """
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -185,12 +186,11 @@ def main(argv=None):
     if unknown:
         sys.exit("bench/zoo.py: unknown net(s) %s; known: %s" % (", ".join(unknown), ", ".join(cases)))
     have_torch = not args.no_torch
-    if have_torch:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            have_torch = False
-            print("PyTorch: not importable, no in-run reference (pip install torch; never a dependency)")
+    # Only looked for, not imported: the children start from this process, and Linux carries a
+    # process's peak RSS across exec, so a parent holding torch would raise every child's peak.
+    if have_torch and importlib.util.find_spec("torch") is None:
+        have_torch = False
+        print("PyTorch: not installed, no in-run reference (pip install torch; never a dependency)")
     print("zoo nets: ms per batch (median of %d after %d warm-up), each net in its own process; "
           "Caffe figures recorded in issue 11 (1 thread, quiet 2-core machine), not measured here"
           % (args.repeat, args.warmup))

@@ -1,7 +1,8 @@
 """Vision layers: Convolution, Deconvolution, Im2col, Pooling, LRN, SPP, Crop.
 
 Convolution is im2col plus one matrix product per group over the whole
-batch (see ``solvers.im2col``); pooling works on strided window views of the
+batch (see ``solvers.im2col``), or Winograd's F(2x2, 3x3) for 3x3 stride-1
+layers big enough for it to pay (``solvers.winograd``); pooling works on strided window views of the
 input. What backward needs from forward (convolution columns, pooling
 winners) and index arrays are kept across calls and rebuilt only when a
 bottom changes shape; temporaries that die with the call live in one scratch
@@ -248,6 +249,9 @@ class ConvolutionLayer(_BaseConvolution):
     ``need_backward`` is False (a TEST net):
     then forward writes it to the shared scratch, or to the store it shares
     with the train net's layer, and a backward recomputes it.
+    3x3 stride-1 layers with enough channels and pixels go by Winograd
+    instead (``_winograd``), forward and backward, and make no columns
+    unless a backward falls back to im2col.
     """
 
     def _layout(self):
