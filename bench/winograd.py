@@ -4,9 +4,10 @@
     python bench/winograd.py [--transforms] [--repeat 5]
 
 For each (batch, channels, map, outputs) it times, in the same run and
-alternating, a forward of the Convolution layer with Winograd on and off
-(``solvers.winograd.ENABLED``), checks that both give the same numbers
-(rel 2e-6 of the largest output), and prints which the layer's rule picks.
+alternating, a forward of the Convolution layer by Winograd (whatever the
+layer's rule) and by im2col (``solvers.winograd.ENABLED`` off), checks that
+both give the same numbers (rel 2e-6 of the largest output), and prints
+which the layer's rule picks for that shape.
 PyTorch CPU's conv2d on the same arrays is printed beside it when
 installed. --transforms also times the other transforms the general code
 can make (F(4x4, 3x3), and F(2x2, 5x5) against a 5x5 im2col), which the
@@ -67,6 +68,7 @@ def main():
         torch.set_num_threads(1)
     except ImportError:
         torch = None
+    rule = {name: getattr(winograd, name) for name in ("MIN_CHANNELS", "MIN_PIXELS", "MIN_PIXELS_KEPT")}
     print("3x3 Convolution forward (TEST net), ms, 1 thread: Winograd F(2x2, 3x3) vs im2col in the same run")
     print("%-22s %9s %9s %7s %9s  %s" % ("N C HxW K", "winograd", "im2col", "ratio", "torch", "rule picks"))
     for n, c, h, k in SHAPES:
@@ -74,7 +76,11 @@ def main():
         threads.set_num_threads(1, where="bench")
         threads.apply_default()
         layer = net.layers[1]
+        for name, value in rule.items():
+            setattr(winograd, name, value)
         picks = layer._winograd(np, net.blobs["x"].data, n * h * h) is not None
+        for name in rule:   # time Winograd where the rule would not take it, too
+            setattr(winograd, name, 1)
         winograd.ENABLED = True
         net.forward()
         fast = net.blobs["y"].data.copy()
