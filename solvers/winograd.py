@@ -22,6 +22,7 @@ whole number of tiles, so a band of tile rows is long rows of tiles whatever
 the batch (13x13 images alone make rows of 7 tiles, too short for NumPy's
 loops). A tile that straddles two images gives outputs nobody reads.
 """
+import math
 import os
 from fractions import Fraction
 
@@ -49,13 +50,6 @@ def _polynomial(roots):
         shifted = [Fraction(0)] + coef                 # x * p(x)
         coef = [s - root * c for s, c in zip(shifted, coef + [Fraction(0)])]
     return coef
-
-
-def _product(values):
-    out = Fraction(1)
-    for v in values:
-        out *= v
-    return out
 
 
 def _transpose(matrix):
@@ -88,6 +82,19 @@ def _combine(matrix, src, out, tmp):
                 o += tmp
 
 
+def _combine_2d(matrix, src, out, like):
+    """out[a, b] = sum over i, j of matrix[a][i] matrix[b][j] src[i, j]: ``src`` (p, p, X) -> ``out``
+    (q, q, X) for a (q x p) ``matrix``, along the first axis, then the second."""
+    q, p, x = len(matrix), len(matrix[0]), src.shape[-1]
+    half = scratch(like, "wino_half", (q, p, x))
+    tmp = scratch(like, "wino_tmp", (x,))
+    for j in range(p):
+        _combine(matrix, src[:, j], half[:, j], tmp)
+    for a in range(q):
+        _combine(matrix, half[a], out[a], tmp)
+    return out
+
+
 class Winograd:
     """F(m x m, r x r): its matrices, and convolution, input and filter gradients with them.
 
@@ -103,7 +110,7 @@ class Winograd:
         points = points[:self.n - 1]
         others = [[q for q in points if q != p] for p in points]
         self.AT = [[p ** i for p in points] + [int(i == m - 1)] for i in range(m)]
-        self.G = [[p ** k / _product(p - q for q in rest) for k in range(r)]
+        self.G = [[p ** k / math.prod(p - q for q in rest) for k in range(r)]
                   for p, rest in zip(points, others)] + [[0] * (r - 1) + [1]]
         self.BT = [_polynomial(rest) + [0] for rest in others] + [_polynomial(points)]
         self.A, self.GT = _transpose(self.AT), _transpose(self.G)   # for the gradients
@@ -165,13 +172,7 @@ class Winograd:
         kc = w.shape[0] * w.shape[1]
         taps = scratch(w, "wino_taps", (r, r, kc))
         taps.reshape(r * r, kc)[...] = w.reshape(kc, r * r).T
-        half = scratch(w, "wino_half", (n, r, kc))        # G along the kernel's rows
-        tmp = scratch(w, "wino_tmp", (kc,))
-        for j in range(r):
-            _combine(self.G, taps[:, j], half[:, j], tmp)
-        u = out.reshape(n, n, kc)
-        for a in range(n):
-            _combine(self.G, half[a], u[a], tmp)
+        _combine_2d(self.G, taps, out.reshape(n, n, kc), w)
         return out
 
     def flipped_transposed(self, w, out, group=1):
@@ -185,9 +186,15 @@ class Winograd:
 
     # -- passes ---------------------------------------------------------------------------
 
-    def _band(self, channels, tiles, itemsize, th):
-        per_row = self.n * self.n * channels * tiles * itemsize
-        return min(th, max(1, BAND_BYTES // per_row, -(-BAND_COLUMNS // tiles)))
+    def _bands(self, xpad, k):
+        """(first tile row, tile rows, tiles per row) of each band of the work over ``xpad`` with
+        ``k`` outputs: about BAND_BYTES of transformed tiles, at least BAND_COLUMNS tiles."""
+        c, hp, width = xpad.shape
+        th, tiles = (hp - self.r + 1) // self.m, (width - self.r + 1) // self.m
+        per_row = self.n * self.n * max(c, k) * tiles * xpad.itemsize
+        band = min(th, max(1, BAND_BYTES // per_row, -(-BAND_COLUMNS // tiles)))
+        for i0 in range(0, th, band):
+            yield i0, min(band, th - i0), tiles
 
     def conv(self, xpad, u, y, bias=None, group=1):
         """``y`` (N, K, OH, OW) = the stride-1 correlation of the input with the filters.
@@ -196,13 +203,9 @@ class Winograd:
         the transformed filters; ``bias`` (K,) is added when given. ``y`` is
         written, not added to.
         """
-        c, hp, width = xpad.shape
-        k, nn = y.shape[1], self.n * self.n
-        th, tiles = (hp - self.r + 1) // self.m, (width - self.r + 1) // self.m
-        band = self._band(max(c, k), tiles, xpad.itemsize, th)
+        c, k, nn = xpad.shape[0], y.shape[1], self.n * self.n
         ug = u.reshape(nn, group, k // group, c // group)
-        for i0 in range(0, th, band):
-            rb = min(band, th - i0)
+        for i0, rb, tiles in self._bands(xpad, k):
             p = rb * tiles
             v = self._input_tiles(xpad, i0, rb, tiles)
             mm = scratch(xpad, "wino_m", (nn, k, p))
@@ -217,14 +220,10 @@ class Winograd:
         and dW = GT dU G. ``xpad`` is the input as ``pad_into`` left it,
         ``dypad`` the output gradient as ``pad_output`` left it.
         """
-        c, hp, width = xpad.shape
-        k, nn, r = dypad.shape[0], self.n * self.n, self.r
+        c, k, nn, r = xpad.shape[0], dypad.shape[0], self.n * self.n, self.r
         cg, kg = c // group, k // group
-        th, tiles = (hp - r + 1) // self.m, (width - r + 1) // self.m
-        band = self._band(max(c, k), tiles, xpad.itemsize, th)
         du = scratch(xpad, "wino_du", (nn, group, kg, cg))
-        for i0 in range(0, th, band):
-            rb = min(band, th - i0)
+        for i0, rb, tiles in self._bands(xpad, k):
             p = rb * tiles
             v = self._input_tiles(xpad, i0, rb, tiles).reshape(nn, group, cg, p).transpose(0, 1, 3, 2)
             e = self._gradient_tiles(dypad, i0, rb).reshape(nn, group, kg, p)
@@ -233,14 +232,7 @@ class Winograd:
             else:
                 du += np.matmul(e, v, out=scratch(xpad, "wino_du_band", du.shape))
         kc = k * cg
-        half = scratch(xpad, "wino_half", (self.n, r, kc))     # GT along the tiles' columns
-        tmp = scratch(xpad, "wino_tmp", (kc,))
-        rows = du.reshape(self.n, self.n, kc)
-        for a in range(self.n):
-            _combine(self.GT, rows[a], half[a], tmp)
-        taps = scratch(xpad, "wino_taps", (r, r, kc))          # then along their rows
-        for j in range(r):
-            _combine(self.GT, half[:, j], taps[:, j], tmp)
+        taps = _combine_2d(self.GT, du.reshape(self.n, self.n, kc), scratch(xpad, "wino_taps", (r, r, kc)), xpad)
         dw += taps.reshape(r * r, kc).T.reshape(dw.shape)
 
     def _input_tiles(self, xpad, i0, rb, tiles):
