@@ -369,16 +369,16 @@ class ConvolutionLayer(_BaseConvolution):
         xp = self.xp_of(bottom[0])
         g = self.geo
         n, m = self.num, self.num_output
-        w = self.blobs[0].data.reshape(self.group, m // self.group, -1)
-        layout = self._layout()
-        keep = self.need_backward and self._keeps_columns(layout, bottom[0].data.dtype.itemsize)
-        step = n if keep or layout != "per_image" else self._images_per_pass(bottom[0].data.dtype.itemsize)
         f = self._winograd(xp, bottom[0].data, n * math.prod(self.out_spatial))
         if f:
             for i, (b, t) in enumerate(zip(bottom, top)):
                 self._winograd_forward(f, b, t)
                 self._kept.discard(i)   # no columns made: a backward makes them
             return
+        w = self.blobs[0].data.reshape(self.group, m // self.group, -1)
+        layout = self._layout()
+        keep = self.need_backward and self._keeps_columns(layout, bottom[0].data.dtype.itemsize)
+        step = n if keep or layout != "per_image" else self._images_per_pass(bottom[0].data.dtype.itemsize)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = b.data.reshape((n, g.channels) + self.in_spatial)
             y = t.data.reshape(n, m, -1)
@@ -404,13 +404,15 @@ class ConvolutionLayer(_BaseConvolution):
             return None
         return f
 
+    def _winograd_input(self, f, b):
+        """Bottom ``b``'s data laid out for ``f`` (``Winograd.pad_into``) in the shared scratch."""
+        x = b.data.reshape((self.num, self.geo.channels) + self.in_spatial)
+        return f.pad_into(x, self.geo.pad, _scratch(x, "wino_x", f.padded_shape(x.shape, self.geo.pad)))
+
     def _winograd_forward(self, f, b, t):
-        g, n = self.geo, self.num
-        x = b.data.reshape((n, g.channels) + self.in_spatial)
-        xpad = f.pad_into(x, g.pad, _scratch(x, "wino_x", f.padded_shape(x.shape, g.pad)))
         bias = self.blobs[1].data if len(self.blobs) > 1 else None
-        f.conv(xpad, self._winograd_filters(f), t.data.reshape((n, self.num_output) + self.out_spatial),
-               bias, self.group)
+        f.conv(self._winograd_input(f, b), self._winograd_filters(f),
+               t.data.reshape((self.num, self.num_output) + self.out_spatial), bias, self.group)
 
     def _winograd_backward(self, f, t, b, down):
         """The bias, filter and (``down``) input gradients, the filters' and the input's by Winograd:
@@ -421,8 +423,7 @@ class ConvolutionLayer(_BaseConvolution):
         if len(self.blobs) > 1 and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=(0, 2, 3))
         if self.param_propagate_down[0]:
-            x = b.data.reshape((n, g.channels) + self.in_spatial)
-            xpad = f.pad_into(x, g.pad, _scratch(x, "wino_x", f.padded_shape(x.shape, g.pad)))
+            xpad = self._winograd_input(f, b)
             dypad = f.pad_output(dy, _scratch(dy, "wino_dy", f.output_gradient_shape(m, xpad.shape)))
             f.filter_gradient(xpad, dypad, self.blobs[0].diff, self.group)
         if down:
