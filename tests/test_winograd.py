@@ -36,11 +36,15 @@ def grown(case, f):
     return n, c, h + f.r - 3, wd + f.r - 3, k, pad, group
 
 
+def windows(x, pad, r):
+    """x zero-padded in float64, and its r x r windows (N, C, OH, OW, r, r)."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    return xp, sliding_window_view(xp, (r, r), axis=(2, 3))
+
+
 def reference_conv(x, w, pad, group):
     """y[n, k, i, j] = sum over c, u, v of w[k, c, u, v] x[n, c, i + u, j + v] (zero-padded), float64."""
-    r = w.shape[-1]
-    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
-    win = sliding_window_view(x, (r, r), axis=(2, 3))     # (N, C, OH, OW, r, r)
+    _, win = windows(x, pad, w.shape[-1])
     cg, kg = x.shape[1] // group, w.shape[0] // group
     return np.concatenate([np.einsum("ncijuv,kcuv->nkij", win[:, g * cg:(g + 1) * cg],
                                      w[g * kg:(g + 1) * kg].astype(np.float64)) for g in range(group)], axis=1)
@@ -50,8 +54,7 @@ def reference_gradients(x, w, pad, group, dy):
     """dx and dW of sum(y * dy) for y = reference_conv(x, w, pad, group), float64."""
     n, c, h, wd = x.shape
     cg, kg, r = c // group, w.shape[0] // group, w.shape[-1]
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
-    win = sliding_window_view(xp, (r, r), axis=(2, 3))
+    xp, win = windows(x, pad, r)
     dw = np.concatenate([np.einsum("ncijuv,nkij->kcuv", win[:, g * cg:(g + 1) * cg], dy[:, g * kg:(g + 1) * kg])
                          for g in range(group)], axis=0)
     dxp = np.zeros_like(xp)
