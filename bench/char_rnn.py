@@ -24,8 +24,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import numpy as np  # noqa: E402
+
+from lenet import timed_step  # noqa: E402
 
 
 def default_net_param(vocab, steps, streams):
@@ -65,17 +68,7 @@ def make_ours(param, ids, labels, cont):
     net.blobs["data"].data[...] = ids
     net.blobs["label"].data[...] = labels
     net.blobs["cont"].data[...] = cont
-    last = len(net.layers) - 1
-    clock = time.perf_counter
-
-    def step():
-        net.clear_param_diffs()
-        t0 = clock()
-        loss = net.forward_from_to(0, last)
-        t1 = clock()
-        net.backward_from_to(last, 0)
-        return t1 - t0, clock() - t1, float(loss)
-    return net, step
+    return net, timed_step(net)
 
 
 def _caffe_to_torch_gates(w, H):

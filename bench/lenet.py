@@ -118,6 +118,12 @@ def make_ours(images, labels):
         net.copy_from(weights)
     net.blobs["data"].data[...] = images
     net.blobs["label"].data[...] = labels
+    return net, timed_step(net)
+
+
+def timed_step(net):
+    """step() runs one training iteration of ``net`` (param diffs cleared, forward, backward) and
+    returns (forward seconds, backward seconds, loss); bench/char_rnn.py uses it too."""
     last = len(net.layers) - 1
     clock = time.perf_counter
 
@@ -127,8 +133,8 @@ def make_ours(images, labels):
         loss = net.forward_from_to(0, last)
         t1 = clock()
         net.backward_from_to(last, 0)
-        return t1 - t0, clock() - t1, loss
-    return net, step
+        return t1 - t0, clock() - t1, float(loss)
+    return step
 
 
 def profile_layers(net, iterations):

@@ -15,15 +15,15 @@ layers do not use.
 """
 import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import numpy as np  # noqa: E402
+
+from onnx_runtime import median_time  # noqa: E402  (the benches' one timing loop)
 
 # (N, C, H, K): VGG16 / FCN-32s, ResNet-50, AlexNet conv3-5 (batch 10), GoogLeNet (batch 10)
 SHAPES = [(1, 64, 224, 64), (1, 128, 112, 128), (1, 256, 56, 256), (1, 512, 28, 512), (1, 512, 14, 512),
@@ -32,27 +32,15 @@ SHAPES = [(1, 64, 224, 64), (1, 128, 112, 128), (1, 256, 56, 256), (1, 512, 28, 
 
 
 def median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_time(fn, repeat) * 1e3
 
 
 def conv_net(n, c, h, k, kernel=3):
     from solvers.net import Net
-    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: %d dim: %d dim: %d dim: %d } } }\n'
-            'layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: %d '
-            'kernel_size: %d pad: %d weight_filler { type: "gaussian" std: 0.1 } } }\n'
-            % (n, c, h, h, k, kernel, kernel // 2))
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(text)
-    try:
-        net = Net(f.name, phase="TEST")
-    finally:
-        os.unlink(f.name)
+    net = Net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: %d dim: %d dim: %d dim: %d } } }\n'
+              'layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: %d '
+              'kernel_size: %d pad: %d weight_filler { type: "gaussian" std: 0.1 } } }\n'
+              % (n, c, h, h, k, kernel, kernel // 2), phase="TEST")
     net.blobs["x"].data[...] = np.random.default_rng(0).random((n, c, h, h), dtype=np.float32)
     return net
 
